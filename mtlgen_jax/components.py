@@ -1,0 +1,133 @@
+"""Builds the run's pieces from a config: model, tasks, strategy, optimizer, schedule.
+
+Every check that can fail on a bad config runs here, before anything compiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mtlgen_jax import diffusion, tasks, weighting
+from mtlgen_jax.models import MultiTaskModel
+from mtlgen_jax.step import StepConfig, TrainState
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Components:
+    model: MultiTaskModel
+    tasks: tuple[tasks.Task, ...]
+    strategy: Any
+    optimizer: optax.GradientTransformation
+    learning_rate_fn: Any
+    schedule: Any
+    info: Any  # data.DatasetInfo
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tasks)
+
+    def step_config(self, config) -> StepConfig:
+        return StepConfig(
+            model=self.model, tasks=self.tasks, strategy=self.strategy, optimizer=self.optimizer,
+            schedule=self.schedule, prediction=config.diffusion.prediction,
+            discrete_steps=config.diffusion.discrete_steps or None,
+            global_batch=config.batch_size, ema_decay=config.ema_decay,
+            learning_rate_fn=self.learning_rate_fn,
+        )
+
+
+def _positive(config, *keys: str) -> None:
+    for key in keys:
+        value = config[key]
+        if not value > 0:
+            raise ValueError(f"config.{key}={value} must be > 0.")
+
+
+def check_model_config(model_cfg, image_size: int) -> None:
+    """Image size vs. U-Net depth, attention resolutions."""
+    levels = len(model_cfg.channel_mult)
+    factor = 2 ** (levels - 1)
+    if image_size % factor:
+        raise ValueError(
+            f"dataset.image_size={image_size} cannot go through a U-Net with "
+            f"{levels} levels (channel_mult={tuple(model_cfg.channel_mult)}), which halves the "
+            f"image {levels - 1} times: use an image size divisible by {factor}, or fewer levels."
+        )
+    if model_cfg.width % 8 and model_cfg.width > 8:
+        raise ValueError(f"model.width={model_cfg.width} should be a multiple of 8 (GroupNorm).")
+
+
+def build_optimizer(config) -> tuple[optax.GradientTransformation, Any]:
+    """AdamW with linear warm-up and cosine decay, after global-norm clipping."""
+    warmup = min(config.warmup_steps, max(config.num_train_steps - 1, 0))
+    lr_fn = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=config.learning_rate, warmup_steps=warmup,
+        decay_steps=max(config.num_train_steps, warmup + 1),
+        end_value=config.learning_rate * config.end_learning_rate_factor,
+    )
+    tx = optax.chain(
+        optax.clip_by_global_norm(config.grad_clip),
+        optax.adamw(lr_fn, b1=config.adam_b1, b2=config.adam_b2,
+                    weight_decay=config.weight_decay),
+    )
+    return tx, lr_fn
+
+
+def build(config, info) -> Components:
+    """All checks on ``config`` and the pieces of a run (no compilation happens here)."""
+    _positive(config, "batch_size", "num_train_steps", "learning_rate", "log_every_steps",
+              "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints")
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise ValueError(f"config.ema_decay={config.ema_decay} must be in [0, 1).")
+    if config.dtype not in DTYPES:
+        raise ValueError(f"config.dtype={config.dtype!r} is unknown; use one of {tuple(DTYPES)}.")
+    if config.diffusion.prediction not in ("eps", "v", "x0"):
+        raise ValueError(f"diffusion.prediction={config.diffusion.prediction!r}: use eps, v or x0.")
+    check_model_config(config.model, info.image_size)
+    task_list = tasks.create_all(config.tasks, channels=info.channels, image_size=info.image_size,
+                                 num_classes=info.num_classes or 0)
+    hparams = {k: v for k, v in config.weighting.items() if k != "name"}
+    strategy = weighting.create(config.weighting.name, len(task_list), **hparams)
+    schedule = diffusion.get_schedule(config.diffusion.schedule)
+    model = MultiTaskModel(
+        tasks=tuple(t.name for t in task_list), out_channels=info.channels,
+        backbone=dict(width=config.model.width, channel_mult=tuple(config.model.channel_mult),
+                      num_res_blocks=config.model.num_res_blocks,
+                      attn_resolutions=tuple(config.model.attn_resolutions),
+                      dropout=config.model.dropout, num_heads=config.model.num_heads),
+        num_classes=info.num_classes or 0, dtype=DTYPES[config.dtype],
+    )
+    optimizer, lr_fn = build_optimizer(config)
+    return Components(model=model, tasks=task_list, strategy=strategy, optimizer=optimizer,
+                      learning_rate_fn=lr_fn, schedule=schedule, info=info)
+
+
+def init_params(model: MultiTaskModel, info, rng: jax.Array):
+    """Model parameters from a dummy batch of one example."""
+    s, c = info.image_size, info.channels
+    x = jnp.zeros((1, s, s, c), jnp.float32)
+    cond = tasks.Condition(image=x, mask=jnp.zeros((1, s, s, 1), jnp.float32))
+    zeros = jnp.zeros((1,), jnp.int32)
+    return model.init(rng, x, cond, jnp.zeros((1,), jnp.float32), zeros, zeros)["params"]
+
+
+def init_state(comp: Components, seed: int) -> TrainState:
+    """A fresh TrainState (call under jit / eval_shape)."""
+    key = jax.random.key(seed)
+    k_params, k_run = jax.random.split(key)
+    params = init_params(comp.model, comp.info, k_params)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=comp.optimizer.init(params),
+        ema_params=jax.tree.map(jnp.copy, params),
+        weighting_state=comp.strategy.init(),
+        rng=jax.random.key_data(k_run),
+    )

@@ -1,0 +1,167 @@
+"""The shared U-Net backbone (DDPM / Palette style), pure Flax Linen.
+
+The backbone maps an input image stack ``[B, H, W, C_in]`` plus per-example
+conditioning (diffusion time, task id and an optional class label) to feature
+maps ``[B, H, W, width]`` at full resolution. Task heads (``heads.py``) turn
+those features into each task's output.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
+    """Sinusoidal embedding of continuous time.
+
+    Args:
+      t: [B] times in [0, 1] (scaled by 1000 so the frequencies match DDPM's
+        integer timesteps).
+      dim: embedding size (even).
+      max_period: the lowest frequency's period.
+
+    Returns:
+      [B, dim] float32 embedding.
+    """
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = 1000.0 * t.astype(jnp.float32)[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def _groups(channels: int, preferred: int = 32) -> int:
+    """Largest group count <= preferred that divides ``channels``."""
+    g = min(preferred, channels)
+    while channels % g:
+        g -= 1
+    return g
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-Conv residual block with an additive embedding bias."""
+
+    out_channels: int
+    dropout: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, emb: jax.Array, *, train: bool) -> jax.Array:
+        h = nn.GroupNorm(_groups(x.shape[-1]), dtype=self.dtype)(x)
+        h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype)(nn.silu(h))
+        h = h + nn.Dense(self.out_channels, dtype=self.dtype)(nn.silu(emb))[:, None, None, :]
+        h = nn.GroupNorm(_groups(self.out_channels), dtype=self.dtype)(h)
+        h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
+        # Zero-init the last conv so every block starts as the identity (as in DDPM/ADM).
+        h = nn.Conv(
+            self.out_channels, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros
+        )(h)
+        if x.shape[-1] != self.out_channels:
+            x = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype)(x)
+        return x + h
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over the spatial positions, with a residual."""
+
+    num_heads: int = 4
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, h, w, c = x.shape
+        y = nn.GroupNorm(_groups(c), dtype=self.dtype)(x).reshape(b, h * w, c)
+        y = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads,
+            dtype=self.dtype,
+            out_kernel_init=nn.initializers.zeros,
+        )(y)
+        return x + y.reshape(b, h, w, c)
+
+
+class UNet(nn.Module):
+    """U-Net backbone conditioned on time, task and (optionally) class.
+
+    Attributes:
+      width: channels at full resolution.
+      channel_mult: per-level multipliers of ``width``; the image is halved
+        ``len(channel_mult) - 1`` times, so H and W must be divisible by
+        ``2 ** (len(channel_mult) - 1)``.
+      num_res_blocks: residual blocks per level (the decoder has one more).
+      attn_resolutions: spatial sizes (e.g. ``(8,)``) at which self-attention
+        runs after each residual block.
+      num_tasks: size of the task-embedding table.
+      num_classes: number of class labels, or 0 for none. Index ``num_classes``
+        is the "no label" token (unconditional / classifier-free guidance).
+      dropout: dropout rate inside residual blocks.
+      num_heads: attention heads.
+      dtype: computation dtype (parameters stay float32).
+    """
+
+    width: int = 64
+    channel_mult: Sequence[int] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: Sequence[int] = (8,)
+    num_tasks: int = 1
+    num_classes: int = 0
+    dropout: float = 0.0
+    num_heads: int = 4
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,  # [B, H, W, C_in]
+        t: jax.Array,  # [B] in [0, 1]
+        task_id: jax.Array,  # [B] int32
+        label: jax.Array | None = None,  # [B] int32 in [0, num_classes]
+        *,
+        train: bool = False,
+    ) -> jax.Array:  # [B, H, W, width]
+        emb_dim = 4 * self.width
+        emb = timestep_embedding(t, self.width)
+        emb = nn.Dense(emb_dim, dtype=self.dtype)(emb)
+        emb = nn.Dense(emb_dim, dtype=self.dtype)(nn.silu(emb))
+        emb = emb + nn.Embed(self.num_tasks, emb_dim, name="task_embed")(task_id).astype(emb.dtype)
+        if self.num_classes:
+            if label is None:
+                label = jnp.full(task_id.shape, self.num_classes, jnp.int32)
+            emb = emb + nn.Embed(self.num_classes + 1, emb_dim, name="class_embed")(label).astype(
+                emb.dtype
+            )
+
+        h = nn.Conv(self.width, (3, 3), dtype=self.dtype)(x.astype(self.dtype))
+        skips = [h]
+        for level, mult in enumerate(self.channel_mult):
+            for _ in range(self.num_res_blocks):
+                h = ResBlock(self.width * mult, self.dropout, self.dtype)(h, emb, train=train)
+                if h.shape[1] in self.attn_resolutions:
+                    h = AttentionBlock(self.num_heads, self.dtype)(h)
+                skips.append(h)
+            if level != len(self.channel_mult) - 1:
+                h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), dtype=self.dtype)(h)
+                skips.append(h)
+
+        h = ResBlock(h.shape[-1], self.dropout, self.dtype)(h, emb, train=train)
+        h = AttentionBlock(self.num_heads, self.dtype)(h)
+        h = ResBlock(h.shape[-1], self.dropout, self.dtype)(h, emb, train=train)
+
+        for level, mult in reversed(list(enumerate(self.channel_mult))):
+            for _ in range(self.num_res_blocks + 1):
+                h = jnp.concatenate([h, skips.pop()], axis=-1)
+                h = ResBlock(self.width * mult, self.dropout, self.dtype)(h, emb, train=train)
+                if h.shape[1] in self.attn_resolutions:
+                    h = AttentionBlock(self.num_heads, self.dtype)(h)
+            if level != 0:
+                b, hh, ww, c = h.shape
+                h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), method="nearest")
+                h = nn.Conv(c, (3, 3), dtype=self.dtype)(h)
+        assert not skips, "every skip connection must be consumed"
+        return nn.silu(nn.GroupNorm(_groups(h.shape[-1]), dtype=self.dtype)(h))

@@ -1,0 +1,231 @@
+"""The per-device train step: task mixture, per-task losses, weighting, update.
+
+``train_step`` is written for ONE device's slice of the global batch, with
+explicit collectives over the mesh axis ``data``; ``parallel.py`` wraps it with
+``jax.shard_map`` or ``jax.pmap``. Every random draw of an example is keyed by
+the example's *global* index, so a run on 1 device and on 8 devices with the
+same global batch computes the same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mtlgen_jax import diffusion
+from mtlgen_jax.tasks import Task
+
+AXIS = "data"
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a run needs to continue exactly."""
+
+    step: jax.Array  # [] int32
+    params: Any
+    opt_state: Any
+    ema_params: Any
+    weighting_state: Any
+    rng: jax.Array  # [2] uint32 key data; the step's key is fold_in(rng, step)
+
+
+@flax.struct.dataclass
+class Outputs:
+    """Per-example quantities of one forward pass."""
+
+    loss: jax.Array  # [B] per-example loss (masked mean over pixels)
+    task_id: jax.Array  # [B] int32
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """The static pieces the step closes over."""
+
+    model: Any  # MultiTaskModel
+    tasks: Sequence[Task]
+    strategy: Any  # weighting strategy
+    optimizer: optax.GradientTransformation
+    schedule: Any  # diffusion schedule
+    prediction: str  # 'eps' | 'v' | 'x0'
+    discrete_steps: int | None
+    global_batch: int
+    ema_decay: float
+    learning_rate_fn: Any
+
+    @property
+    def task_counts(self) -> np.ndarray:
+        return mixture_counts([t.weight for t in self.tasks], self.global_batch)
+
+
+def mixture_counts(weights: Sequence[float], batch: int) -> np.ndarray:
+    """Examples per task in a global batch: proportional to weights, each >= 1.
+
+    Largest-remainder rounding, so the counts sum to ``batch`` exactly and every
+    task has examples in every step (a task loss is never an empty mean).
+    """
+    k = len(weights)
+    if batch < k:
+        raise ValueError(f"batch_size={batch} is smaller than the number of tasks ({k}); "
+                         "every task needs at least one example per step.")
+    w = np.asarray(weights, np.float64) / np.sum(weights)
+    raw = w * (batch - k)
+    counts = np.floor(raw).astype(np.int64) + 1
+    rest = batch - counts.sum()
+    counts[np.argsort(-(raw - np.floor(raw)), kind="stable")[:rest]] += 1
+    return counts
+
+
+def to_float(images: jax.Array) -> jax.Array:
+    """uint8 [0, 255] -> float32 [-1, 1]."""
+    return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+def to_uint8(images: jax.Array) -> jax.Array:
+    """float [-1, 1] -> uint8 [0, 255] (rounded, clipped)."""
+    return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+def select(task_id: jax.Array, per_task: Sequence[Any]) -> Any:
+    """Per example, picks the entry of its task from K pytrees with a batch axis."""
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *per_task)  # [K, B, ...]
+    idx = jnp.arange(task_id.shape[0])
+    return jax.tree.map(lambda x: x[task_id, idx], stacked)
+
+
+def per_example(fn, keys: jax.Array, *args):
+    """Runs a batched ``fn(*args, rng)`` once per example with the example's own key."""
+    out = jax.vmap(lambda k, *a: fn(*(x[None] for x in a), k))(keys, *args)
+    return jax.tree.map(lambda x: x[:, 0], out)
+
+
+def example_keys(step_key: jax.Array, local_batch: int) -> jax.Array:
+    """[B_local] keys, one per example, from its global index in the batch."""
+    first = jax.lax.axis_index(AXIS) * local_batch
+    return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(first + jnp.arange(local_batch))
+
+
+def assign_tasks(cfg: StepConfig, key: jax.Array, local_batch: int) -> jax.Array:
+    """[B_local] task ids: a random permutation of the mixture's fixed counts."""
+    counts = cfg.task_counts
+    ids = jnp.repeat(jnp.arange(len(counts)), counts, total_repeat_length=cfg.global_batch)
+    ids = jax.random.permutation(key, ids)
+    start = jax.lax.axis_index(AXIS) * local_batch
+    return jax.lax.dynamic_slice_in_dim(ids, start, local_batch)
+
+
+def make_inputs(cfg: StepConfig, x0, labels, task_id, keys, *, train: bool):
+    """Condition, noisy input, time, target and loss mask for each example."""
+    k_deg, k_lab, k_t, k_eps = (keys[:, i] for i in range(4))  # keys: [B, 4]
+    conds = [per_example(t.degrade, k_deg, x0) for t in cfg.tasks]
+    cond = select(task_id, conds)
+    ones = jnp.ones(x0.shape[:-1] + (1,), x0.dtype)
+    masks = [m if (m := t.loss_mask(c)) is not None else ones for t, c in zip(cfg.tasks, conds)]
+    mask = select(task_id, masks)
+    model_labels = select(task_id, [
+        jax.vmap(lambda lab, k, t=t: t.model_labels(lab[None], k, train=train)[0])(labels, k_lab)
+        for t in cfg.tasks
+    ])
+    is_diffusion = jnp.asarray([t.objective == "diffusion" for t in cfg.tasks])[task_id]
+    t = jax.vmap(lambda k: diffusion.sample_time(k, 1, discrete_steps=cfg.discrete_steps)[0])(k_t)
+    eps = jax.vmap(lambda k: jax.random.normal(k, x0.shape[1:], x0.dtype))(k_eps)
+    x_t = diffusion.q_sample(x0, eps, t, cfg.schedule)
+    target = diffusion.target(x0, eps, t, cfg.schedule, cfg.prediction)
+    # Regression tasks see no noisy target (zeros, t = 1) and predict the clean image.
+    b = is_diffusion[:, None, None, None]
+    x_t = jnp.where(b, x_t, 0.0)
+    target = jnp.where(b, target, x0)
+    t = jnp.where(is_diffusion, t, 1.0)
+    return cond, x_t, t, target, mask, model_labels
+
+
+def task_losses(cfg: StepConfig, params, batch, step_key, *, train: bool = True):
+    """Per-task losses [K] of this device's examples, normalised by GLOBAL task counts.
+
+    ``psum`` over devices of the result is the exact per-task mean of the global batch.
+    """
+    images, labels = batch["image"], batch["label"]
+    b = images.shape[0]
+    k_assign, k_ex, k_drop = jax.random.split(step_key, 3)
+    task_id = assign_tasks(cfg, k_assign, b)
+    keys = jax.vmap(lambda k: jax.random.split(k, 4))(example_keys(k_ex, b))
+    x0 = to_float(images)
+    cond, x_t, t, target, mask, model_labels = make_inputs(cfg, x0, labels, task_id, keys,
+                                                           train=train)
+    drop_key = jax.random.fold_in(k_drop, jax.lax.axis_index(AXIS))
+    pred = cfg.model.apply({"params": params}, x_t, cond, t, task_id, model_labels, train=train,
+                           rngs={"dropout": drop_key})
+    l2 = diffusion.loss(pred, target, mask, kind="l2")
+    l1 = diffusion.loss(pred, target, mask, kind="l1")
+    use_l1 = jnp.asarray([tk.loss == "l1" for tk in cfg.tasks])[task_id]
+    per_ex = jnp.where(use_l1, l1, l2)  # [B]
+    onehot = jax.nn.one_hot(task_id, len(cfg.tasks), dtype=jnp.float32)  # [B, K]
+    counts = jnp.asarray(cfg.task_counts, jnp.float32)
+    return (onehot.T @ per_ex) / counts, Outputs(loss=per_ex, task_id=task_id)
+
+
+def _is_head(path: str) -> bool:
+    return path.startswith("head_")
+
+
+def combine_gradients(cfg: StepConfig, params, vjp_fn, losses, wstate, key):
+    """Turns per-task losses into one gradient through the weighting strategy.
+
+    Loss-only strategies give weights, and one VJP with the weights as the
+    cotangent gives the combined gradient. Gradient strategies get the per-task
+    gradients of the shared backbone (a vmapped VJP: one forward pass, K
+    backward passes in one batched computation), averaged over devices; each
+    head keeps its own task's gradient.
+    """
+    k = len(cfg.tasks)
+    if not cfg.strategy.uses_task_grads:
+        out = cfg.strategy.apply(losses, None, wstate, key)
+        (grads,) = vjp_fn(out.weights.astype(losses.dtype))
+        return jax.lax.psum(grads, AXIS), out
+    (task_grads,) = jax.vmap(vjp_fn)(jnp.eye(k, dtype=losses.dtype))  # leaves [K, ...]
+    task_grads = jax.lax.psum(task_grads, AXIS)
+    out = cfg.strategy.apply(losses, task_grads["backbone"], wstate, key)
+    grads = {name: (out.update if name == "backbone" else jax.tree.map(lambda g: g.sum(0), sub))
+             for name, sub in task_grads.items()}
+    return grads, out
+
+
+def train_step(cfg: StepConfig, state: TrainState, batch) -> tuple[TrainState, dict]:
+    """One optimisation step on this device's slice of the batch (call under a mesh axis)."""
+    step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    k_loss, k_weight = jax.random.split(step_key)
+
+    def loss_fn(p):
+        return task_losses(cfg, p, batch, k_loss)[0]
+
+    local_losses, vjp_fn = jax.vjp(loss_fn, state.params)
+    losses = jax.lax.psum(local_losses, AXIS)  # [K] exact global per-task means
+    grads, wout = combine_gradients(cfg, state.params, vjp_fn, losses, state.weighting_state,
+                                    k_weight)
+    updates, opt_state = cfg.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # EMA with the usual warm-up so early averages are not dominated by the init.
+    decay = jnp.minimum(cfg.ema_decay, (1.0 + state.step) / (10.0 + state.step))
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              ema_params=ema, weighting_state=wout.state)
+    metrics = {
+        "loss": jnp.sum(wout.weights * losses),
+        "lr": cfg.learning_rate_fn(state.step),
+        "grad_norm": optax.global_norm(grads),
+        "update_norm": optax.global_norm(updates),
+        "param_norm": optax.global_norm(params),
+    }
+    for i, t in enumerate(cfg.tasks):
+        metrics[f"loss/{t.name}"] = losses[i]
+        metrics[f"weight/{t.name}"] = wout.weights[i]
+    for name, value in wout.metrics.items():
+        metrics[f"weighting/{name}"] = value
+    return new_state, metrics

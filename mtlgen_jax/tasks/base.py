@@ -1,0 +1,143 @@
+"""The task interface: how a clean batch becomes a task's condition and loss mask.
+
+A task is one file in this package: a subclass of :class:`Task` decorated with
+:func:`register`. Everything here runs on device, inside the jitted step, on
+float images in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+OBJECTIVES = ("diffusion", "regression")
+
+
+@flax.struct.dataclass
+class Condition:
+    """What the model is given besides the noisy target."""
+
+    image: jax.Array  # [B, H, W, C] in [-1, 1]; zeros when the task has no image condition
+    mask: jax.Array  # [B, H, W, 1]; 1 = known pixel (inpainting), zeros for other tasks
+
+
+class Task:
+    """Base class of a task. Subclasses set ``name`` and override ``degrade``.
+
+    Args:
+      channels: image channels C of the dataset.
+      image_size: image height = width.
+      num_classes: class labels of the dataset (0 if unlabeled).
+      weight: the task's share of every batch (relative to the other tasks).
+      objective: 'diffusion' (Palette-style conditional denoising) or
+        'regression' (one-step prediction of the clean image).
+      loss: 'l2' or 'l1' per-pixel loss.
+      **params: the task's own parameters (see each subclass).
+    """
+
+    name: ClassVar[str] = ""
+    # Metrics the evaluator computes for this task (see evaluate.py).
+    metrics: ClassVar[tuple[str, ...]] = ("psnr", "ssim")
+    # True when many outputs fit one condition (diversity is then reported).
+    ill_posed: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        *,
+        channels: int,
+        image_size: int,
+        num_classes: int = 0,
+        weight: float = 1.0,
+        objective: str = "diffusion",
+        loss: str = "l2",
+        **params: Any,
+    ):
+        if weight <= 0:
+            raise ValueError(
+                f"tasks.{self.name}.weight={weight}: a task's mixture weight must be > 0; "
+                f"remove '{self.name}' from config.tasks.names to drop the task."
+            )
+        if objective not in OBJECTIVES:
+            raise ValueError(
+                f"tasks.{self.name}.objective={objective!r} is unknown; use one of {OBJECTIVES}."
+            )
+        if loss not in ("l1", "l2"):
+            raise ValueError(f"tasks.{self.name}.loss={loss!r} is unknown; use 'l1' or 'l2'.")
+        self.channels = channels
+        self.image_size = image_size
+        self.num_classes = num_classes
+        self.weight = float(weight)
+        self.objective = objective
+        self.loss = loss
+        import inspect
+
+        accepted = inspect.signature(self.configure).parameters
+        unknown = sorted(set(params) - set(accepted))
+        if unknown:
+            raise ValueError(
+                f"tasks.{self.name} got unknown parameter(s) {unknown}; "
+                f"{self.name} takes {sorted(accepted) or 'none'} besides weight, objective, loss."
+            )
+        self.configure(**params)
+
+    def configure(self) -> None:
+        """Takes the task's own parameters (keyword-only); the default has none."""
+
+    # --- what every task defines -------------------------------------------------------
+    def degrade(self, images: jax.Array, rng: jax.Array) -> Condition:
+        """Builds the condition from clean images [B, H, W, C] in [-1, 1]."""
+        raise NotImplementedError
+
+    # --- what a task may override ------------------------------------------------------
+    def loss_mask(self, cond: Condition) -> jax.Array | None:
+        """[B, H, W, 1] pixels the loss (and the metrics) count, or None for all."""
+        return None
+
+    def model_labels(self, labels: jax.Array, rng: jax.Array, *, train: bool) -> jax.Array:
+        """Class labels given to the model; the default is the "no label" token."""
+        return jnp.full(labels.shape, self.num_classes, jnp.int32)
+
+    def postprocess(self, x0: jax.Array, cond: Condition) -> jax.Array:
+        """Applied to each predicted clean image (e.g. paste the known pixels)."""
+        return x0
+
+    def baseline(self, cond: Condition) -> jax.Array | None:
+        """The trivial restoration from the condition alone, or None."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(weight={self.weight}, objective={self.objective!r})"
+
+
+_REGISTRY: dict[str, type[Task]] = {}
+
+
+def register(cls: type[Task]) -> type[Task]:
+    """Class decorator: makes a task available by its ``name``."""
+    if not cls.name or cls.name in _REGISTRY:
+        raise ValueError(f"task name {cls.name!r} is empty or registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def names() -> tuple[str, ...]:
+    """The registered task names."""
+    return tuple(sorted(_REGISTRY))
+
+
+def get_class(name: str) -> type[Task]:
+    """The task class registered as ``name``; clear error for unknown names."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(names())}.")
+    return _REGISTRY[name]
+
+
+def split_keys(rng: jax.Array, n: int) -> tuple[jax.Array, ...]:
+    return tuple(jax.random.split(rng, n))
+
+
+Degrade = Callable[[jax.Array, jax.Array], Condition]

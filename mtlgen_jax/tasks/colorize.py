@@ -1,0 +1,39 @@
+"""Colorization: recover RGB from luminance."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from mtlgen_jax.tasks.base import Condition, Task, register
+
+# ITU-R BT.601 luma coefficients.
+LUMA = (0.299, 0.587, 0.114)
+
+
+def luminance(images: jax.Array) -> jax.Array:
+    """[..., 3] RGB -> [..., 1] luma (BT.601), in the same range as the input."""
+    return jnp.tensordot(images, jnp.asarray(LUMA, images.dtype), axes=([-1], [0]))[..., None]
+
+
+@register
+class Colorize(Task):
+    """Condition: the luminance, repeated over the three channels. RGB datasets only."""
+
+    name = "colorize"
+    ill_posed = True
+
+    def configure(self) -> None:
+        if self.channels != 3:
+            raise ValueError(
+                f"task 'colorize' needs RGB images, but the dataset has {self.channels} "
+                "channel(s); remove 'colorize' from config.tasks.names or use an RGB dataset."
+            )
+
+    def degrade(self, images: jax.Array, rng: jax.Array) -> Condition:
+        del rng
+        gray = jnp.broadcast_to(luminance(images), images.shape)
+        return Condition(image=gray, mask=jnp.zeros(images.shape[:-1] + (1,), images.dtype))
+
+    def baseline(self, cond: Condition) -> jax.Array:
+        return cond.image

@@ -1,0 +1,101 @@
+"""Inpainting: fill a hole, keeping the known pixels (Palette's masks)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from mtlgen_jax.tasks.base import Condition, Task, register
+
+MASK_KINDS = ("box", "stroke", "half")
+
+
+def box_holes(rng: jax.Array, b: int, size: int) -> jax.Array:
+    """[B, S, S] bool: one axis-aligned box per example, sides in [S/4, S/2]."""
+    k_hw, k_yx = jax.random.split(rng)
+    hw = jax.random.randint(k_hw, (b, 2), size // 4, size // 2 + 1)
+    yx = jax.random.randint(k_yx, (b, 2), 0, size) % (size - hw + 1)
+    grid = jnp.arange(size)
+    rows = (grid[None] >= yx[:, :1]) & (grid[None] < yx[:, :1] + hw[:, :1])  # [B, S]
+    cols = (grid[None] >= yx[:, 1:]) & (grid[None] < yx[:, 1:] + hw[:, 1:])
+    return rows[:, :, None] & cols[:, None, :]
+
+
+def half_holes(rng: jax.Array, b: int, size: int) -> jax.Array:
+    """[B, S, S] bool: the top, bottom, left or right half of each image."""
+    side = jax.random.randint(rng, (b,), 0, 4)[:, None, None]
+    yy, xx = jnp.meshgrid(jnp.arange(size), jnp.arange(size), indexing="ij")
+    half = size // 2
+    return jnp.select(
+        [side == 0, side == 1, side == 2], [yy < half, yy >= half, xx < half], xx >= half
+    )
+
+
+def stroke_holes(rng: jax.Array, b: int, size: int, num_strokes: int = 4) -> jax.Array:
+    """[B, S, S] bool: thick random line segments (irregular free-form masks)."""
+    k_pts, k_w = jax.random.split(rng)
+    pts = jax.random.uniform(k_pts, (b, num_strokes, 2, 2), maxval=size - 1.0)
+    width = jax.random.uniform(k_w, (b, num_strokes), minval=size / 16, maxval=size / 8)
+    yy, xx = jnp.meshgrid(jnp.arange(size, dtype=jnp.float32), jnp.arange(size, dtype=jnp.float32),
+                          indexing="ij")
+    p = jnp.stack([yy, xx], axis=-1)[None, None]  # [1, 1, S, S, 2]
+    a, c = pts[:, :, None, None, 0], pts[:, :, None, None, 1]  # [B, N, 1, 1, 2]
+    ab = c - a
+    s = jnp.clip(jnp.sum((p - a) * ab, -1) / (jnp.sum(ab * ab, -1) + 1e-6), 0.0, 1.0)
+    dist = jnp.linalg.norm(p - (a + s[..., None] * ab), axis=-1)  # [B, N, S, S]
+    return jnp.any(dist < width[:, :, None, None], axis=1)
+
+
+_MAKERS = {"box": box_holes, "half": half_holes, "stroke": stroke_holes}
+
+
+@register
+class Inpaint(Task):
+    """Condition: the image with a hole (zeros there) and the known-pixel mask.
+
+    The loss and the metrics count the hole only (Palette); at sampling the
+    known pixels are pasted back into every predicted clean image.
+
+    Parameters:
+      mask_kinds: comma-separated subset of 'box', 'stroke', 'half'; each
+        example draws one kind uniformly.
+    """
+
+    name = "inpaint"
+    ill_posed = True
+
+    def configure(self, *, mask_kinds: str = "box,stroke,half") -> None:
+        kinds = tuple(k.strip() for k in mask_kinds.split(",") if k.strip())
+        bad = [k for k in kinds if k not in MASK_KINDS]
+        if bad or not kinds:
+            raise ValueError(
+                f"tasks.inpaint.mask_kinds={mask_kinds!r}: unknown kind(s) {bad}; "
+                f"use a comma-separated subset of {MASK_KINDS}."
+            )
+        self.mask_kinds = kinds
+
+    def holes(self, rng: jax.Array, b: int) -> jax.Array:
+        """[B, S, S, 1] float: 1 inside the hole."""
+        k_kind, *k_masks = jax.random.split(rng, len(self.mask_kinds) + 1)
+        kind = jax.random.randint(k_kind, (b, 1, 1), 0, len(self.mask_kinds))
+        masks = [_MAKERS[k](key, b, self.image_size) for k, key in zip(self.mask_kinds, k_masks)]
+        hole = masks[-1]
+        for i in range(len(masks) - 1):
+            hole = jnp.where(kind == i, masks[i], hole)
+        return hole[..., None].astype(jnp.float32)
+
+    def degrade(self, images: jax.Array, rng: jax.Array) -> Condition:
+        known = 1.0 - self.holes(rng, images.shape[0]).astype(images.dtype)
+        return Condition(image=images * known, mask=known)
+
+    def loss_mask(self, cond: Condition) -> jax.Array:
+        return 1.0 - cond.mask
+
+    def postprocess(self, x0: jax.Array, cond: Condition) -> jax.Array:
+        return cond.image * cond.mask + x0 * (1.0 - cond.mask)
+
+    def baseline(self, cond: Condition) -> jax.Array:
+        """Mean fill: the hole takes the mean colour of the known pixels."""
+        n = jnp.maximum(cond.mask.sum(axis=(1, 2), keepdims=True), 1.0)
+        mean = cond.image.sum(axis=(1, 2), keepdims=True) / n
+        return cond.image * cond.mask + mean * (1.0 - cond.mask)

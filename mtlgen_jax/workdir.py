@@ -1,0 +1,70 @@
+"""The run directory: checks that it can be written, and that a resumed run fits it."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+
+CONFIG_FILE = "config.json"
+# Config keys that change the shapes in a checkpoint: resuming with other values
+# would fail deep inside orbax, so it is refused up front.
+SHAPE_KEYS = ("model", "dataset.image_size", "dataset.name", "tasks.names", "weighting.name",
+              "dtype")
+
+
+def _get(d: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def prepare(workdir: str, config: ml_collections.ConfigDict, *, has_checkpoint: bool,
+            write: bool) -> None:
+    """Creates ``workdir`` (or errors clearly), refuses an incompatible resume, saves the config.
+
+    Args:
+      workdir: the run directory.
+      config: the run's config.
+      has_checkpoint: whether ``workdir`` already holds checkpoints (a resume).
+      write: whether this process writes files (process 0).
+    """
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--workdir={workdir} cannot be created ({e.strerror}); "
+                         "choose a directory you can write to.") from e
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise ValueError(f"--workdir={workdir} is not writable; choose a directory you can "
+                         "write to, or fix its permissions.")
+    path = os.path.join(workdir, CONFIG_FILE)
+    new = json.loads(config.to_json())  # same types as the saved file (tuples -> lists)
+    if has_checkpoint and os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        changed = [k for k in SHAPE_KEYS if _get(old, k) != _get(new, k)]
+        if changed:
+            diffs = "; ".join(f"{k}: {_get(old, k)!r} -> {_get(new, k)!r}" for k in changed)
+            raise ValueError(
+                f"--workdir={workdir} holds a run with a different model or data ({diffs}); "
+                "its checkpoints cannot be resumed with this config. Use a new --workdir, "
+                "or the workdir's own config.json."
+            )
+    if write:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(config.to_json(indent=2, sort_keys=True))
+        os.replace(tmp, path)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run saved in its workdir."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: {workdir} is not a mtlgen_jax run "
+                                "directory (no config.json).")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))

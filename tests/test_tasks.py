@@ -1,0 +1,147 @@
+"""Each task's degrade against hand-computed cases, and its bad-input errors."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from mtlgen_jax import tasks
+from mtlgen_jax.tasks.colorize import luminance
+from mtlgen_jax.tasks.inpaint import box_holes, half_holes, stroke_holes
+from mtlgen_jax.tasks.super_resolve import downsample, upsample
+
+
+def make(name, channels=3, size=16, num_classes=0, **params):
+    return tasks.get_class(name)(channels=channels, image_size=size, num_classes=num_classes,
+                                 **params)
+
+
+def images(b=8, size=16, c=3, seed=0):
+    return jax.random.uniform(jax.random.key(seed), (b, size, size, c), minval=-1, maxval=1)
+
+
+def test_registry_has_the_five_tasks():
+    assert set(tasks.names()) == {"colorize", "denoise", "generate", "inpaint", "super_resolve"}
+
+
+def test_denoise_noise_statistics():
+    t = make("denoise", sigma_min=0.2, sigma_max=0.2)
+    x = jnp.zeros((64, 16, 16, 3))
+    cond = jax.jit(t.degrade)(x, jax.random.key(1))
+    noise = np.asarray(cond.image - x)
+    assert abs(noise.mean()) < 0.01
+    assert abs(noise.std() - 0.2) < 0.01  # clipping at +-1 is 5 sigma away: negligible
+    np.testing.assert_array_equal(cond.mask, 0.0)
+
+
+def test_denoise_sigma_range_per_example():
+    t = make("denoise", sigma_min=0.05, sigma_max=0.5)
+    cond = jax.jit(t.degrade)(jnp.zeros((256, 8, 8, 1)), jax.random.key(2))
+    stds = np.asarray(cond.image).reshape(256, -1).std(axis=1)
+    assert stds.min() > 0.02 and stds.max() < 0.6
+    assert stds.max() - stds.min() > 0.3  # a range of strengths, not one value
+
+
+def test_inpaint_box_area_bounds():
+    size = 32
+    holes = np.asarray(box_holes(jax.random.key(0), 200, size))
+    area = holes.sum(axis=(1, 2))
+    assert area.min() >= (size // 4) ** 2 and area.max() <= (size // 2) ** 2
+    rows, cols = holes.any(axis=2).sum(1), holes.any(axis=1).sum(1)
+    np.testing.assert_array_equal(area, rows * cols)  # a rectangle
+
+
+def test_inpaint_half_is_exactly_half():
+    holes = np.asarray(half_holes(jax.random.key(0), 50, 16))
+    np.testing.assert_array_equal(holes.sum(axis=(1, 2)), 128)
+
+
+def test_inpaint_stroke_segment_hand_case():
+    holes = np.asarray(stroke_holes(jax.random.key(3), 20, 32))
+    frac = holes.mean(axis=(1, 2))
+    assert (frac > 0).all() and (frac < 0.9).all()
+
+
+def test_inpaint_condition_loss_mask_paste_and_baseline():
+    t = make("inpaint", mask_kinds="box")
+    x = images()
+    cond = jax.jit(t.degrade)(x, jax.random.key(4))
+    known = np.asarray(cond.mask)
+    assert set(np.unique(known)) <= {0.0, 1.0}
+    np.testing.assert_allclose(cond.image, x * known)
+    np.testing.assert_array_equal(t.loss_mask(cond), 1.0 - known)
+    guess = jnp.full_like(x, 0.5)
+    pasted = np.asarray(t.postprocess(guess, cond))
+    np.testing.assert_allclose(pasted, np.where(known > 0, x, 0.5), atol=1e-6)
+    base = np.asarray(t.baseline(cond))
+    mean = (np.asarray(x) * known).sum((1, 2)) / known.sum((1, 2))
+    hole = known[..., 0] == 0
+    for i in range(x.shape[0]):
+        filled = base[i][hole[i]]  # [n_hole, C]
+        np.testing.assert_allclose(filled, np.broadcast_to(mean[i], filled.shape), atol=1e-5)
+
+
+def test_super_resolve_shapes_and_block_constant_image():
+    blocks = jax.random.uniform(jax.random.key(0), (2, 4, 4, 3))
+    x = jnp.repeat(jnp.repeat(blocks, 4, axis=1), 4, axis=2)  # [2, 16, 16, 3]
+    np.testing.assert_allclose(downsample(x, 4), blocks, atol=1e-6)
+    assert upsample(blocks, 4).shape == (2, 16, 16, 3)
+    t = make("super_resolve", factor=2)
+    cond = t.degrade(images(), jax.random.key(0))
+    chex.assert_shape(cond.image, (8, 16, 16, 3))
+    const = jnp.full((1, 16, 16, 3), 0.3)
+    np.testing.assert_allclose(t.degrade(const, jax.random.key(0)).image, const, atol=1e-5)
+
+
+def test_colorize_luminance_formula():
+    rgb = jnp.asarray([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [0.5, 0.5, 0.5]])
+    np.testing.assert_allclose(luminance(rgb)[:, 0], [0.299, 0.587, 0.114, 0.5], atol=1e-6)
+    t = make("colorize")
+    x = images()
+    cond = t.degrade(x, jax.random.key(0))
+    np.testing.assert_allclose(cond.image[..., 0], cond.image[..., 2])
+    np.testing.assert_allclose(cond.image[..., :1], luminance(x), atol=1e-6)
+
+
+def test_generate_labels_dropout_and_unconditional():
+    t = make("generate", num_classes=10, label_dropout=0.25)
+    labels = jnp.arange(4000) % 10
+    out = np.asarray(t.model_labels(labels, jax.random.key(0), train=True))
+    dropped = out == 10
+    assert abs(dropped.mean() - 0.25) < 0.03
+    np.testing.assert_array_equal(out[~dropped], np.asarray(labels)[~dropped])
+    np.testing.assert_array_equal(t.model_labels(labels, jax.random.key(0), train=False), labels)
+    u = make("generate", num_classes=0)
+    assert not u.class_conditional
+    np.testing.assert_array_equal(u.model_labels(labels, jax.random.key(0), train=True), 0)
+
+
+@pytest.mark.parametrize("name,params,match", [
+    ("denoise", dict(weight=0.0), "weight"),
+    ("denoise", dict(sigma_min=0.5, sigma_max=0.1), "sigma_min"),
+    ("inpaint", dict(mask_kinds="box,circle"), "circle"),
+    ("super_resolve", dict(factor=3), "factor=3"),
+    ("generate", dict(class_conditional=True), "no labels"),
+    ("denoise", dict(objective="gan"), "objective"),
+    ("denoise", dict(sigmaa=1), "sigmaa"),
+])
+def test_bad_task_parameters(name, params, match):
+    with pytest.raises(ValueError, match=match):
+        make(name, **params)
+
+
+def test_colorize_needs_rgb():
+    with pytest.raises(ValueError, match="RGB"):
+        make("colorize", channels=1)
+
+
+def test_create_all_order_and_unknown_names():
+    cfg = ml_collections.ConfigDict({"names": "inpaint,denoise", "denoise": {"sigma_max": 0.3}})
+    ts = tasks.create_all(cfg, channels=3, image_size=16, num_classes=0)
+    assert [t.name for t in ts] == ["inpaint", "denoise"]
+    assert ts[1].sigma_max == 0.3
+    with pytest.raises(ValueError, match="known tasks"):
+        tasks.create_all(ml_collections.ConfigDict({"names": "denoise,deblur"}), channels=3,
+                         image_size=16, num_classes=0)
