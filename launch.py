@@ -10,6 +10,7 @@ cluster), or --coordinator_address/--num_processes/--process_id explicitly.
 
 from __future__ import annotations
 
+import logging as pylogging
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -31,9 +32,18 @@ flags.DEFINE_integer("step", None, "--mode eval|sample: checkpoint step (default
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries(pylogging.Filter):
+    """Drops INFO chatter of orbax and TFDS (their warnings and errors still show)."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        noisy = any(s in record.pathname for s in ("orbax", "tensorflow_datasets", "etils"))
+        return record.levelno >= pylogging.WARNING or not noisy
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_QuietLibraries())
     # tf.data must never take accelerator memory: JAX owns the accelerators.
     import tensorflow as tf
 

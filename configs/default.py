@@ -14,6 +14,7 @@ and prints PSNR/SSIM beside each task's trivial baseline; PNG grids
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -37,9 +38,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = "photo_patches"  # 'photo_patches', 'digits', a TFDS catalog name, 'folder'
-    c.dataset.data_dir = ""  # TFDS data dir; '' = TFDS default (~/tensorflow_datasets)
+    c.dataset.data_dir = config_dict.placeholder(str)  # TFDS data dir; None = ~/tensorflow_datasets
     c.dataset.image_size = 32
-    c.dataset.channels = 0  # 0 = the dataset's own
+    c.dataset.channels = config_dict.placeholder(int)  # 1 or 3; None = the dataset's own
     c.dataset.folder = ""  # for name='folder': a directory of images
     c.dataset.test_fraction = 0.1  # for name='folder' without train/ and test/ subfolders
     c.dataset.train_split = "train"

@@ -131,12 +131,12 @@ def evaluate(comp, sampler, params, config, *, num_batches: int, grid_dir: str |
     return results
 
 
-def _diversity(sampler, params, task, cond, labels, rng, **kw) -> float:
+def _diversity(sample_fn, params, task, cond, labels, rng, **kw) -> float:
     """Mean per-pixel std over DIVERSITY_SAMPLES samples of the first few conditions."""
     n = min(DIVERSITY_CONDITIONS, cond.image.shape[0])
     sub = jax.tree.map(lambda x: jnp.asarray(_to_host(x)[:n]), cond)
     lab = jnp.asarray(_to_host(labels)[:n])
-    outs = [_to_host(sampler(params, task.name, sub, lab, jax.random.fold_in(rng, 100 + s), **kw))
+    outs = [_to_host(sample_fn(params, task.name, sub, lab, jax.random.fold_in(rng, 100 + s), **kw))
             for s in range(DIVERSITY_SAMPLES)]
     return float(np.mean(metrics.diversity(np.stack(outs, axis=1))))
 

@@ -48,7 +48,7 @@ class Parallel:
         self.backend = backend
         self.devices = list(devices) if devices is not None else jax.devices()
         self.mesh = jax.make_mesh((len(self.devices),), (AXIS,), devices=self.devices,
-                                  axis_types=(jax.sharding.AxisType.Explicit,))
+                                  axis_types=(jax.sharding.AxisType.Auto,))
         self.replicated = NamedSharding(self.mesh, P())
         self.batch_sharding = NamedSharding(self.mesh, P(AXIS))
         self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]

@@ -1,0 +1,184 @@
+"""Checkpoints in notebooks: ``restore(workdir)`` returns a :class:`Run`.
+
+    import mtlgen_jax as mg
+    run = mg.restore("runs/demo")                       # latest step, EMA parameters
+    cond = run.degrade("inpaint", images_uint8, rng)    # the task's condition
+    out = run.sample("inpaint", condition=cond, rng=rng, steps=50)   # uint8 [N, H, W, C]
+
+Only the parameters are read from the checkpoint (no optimizer state), onto
+whatever devices are present: a checkpoint written on 8 devices restores on
+one CPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from mtlgen_jax import components, data, evaluate
+from mtlgen_jax import workdir as workdir_lib
+from mtlgen_jax.checkpoint import FORMAT_VERSION, Checkpointer
+from mtlgen_jax.sampling import Sampler
+from mtlgen_jax.step import to_float, to_uint8
+from mtlgen_jax.tasks import Condition
+
+
+class Run:
+    """A trained model restored from a workdir, ready to sample and evaluate.
+
+    Attributes:
+      config: the run's ConfigDict (from ``<workdir>/config.json``).
+      tasks: the task names, in task-id order.
+      step: the restored checkpoint's step.
+      params: the restored parameters (EMA unless ``restore(..., ema=False)``).
+    """
+
+    def __init__(self, config, comp, params, step: int, workdir: str):
+        self.config = config
+        self.comp = comp
+        self.params = params
+        self.step = step
+        self.workdir = workdir
+        self.tasks = comp.task_names
+        self.info = comp.info
+        self._sampler = Sampler(comp, config.diffusion.prediction)
+        self._degrade = {}
+
+    def __repr__(self) -> str:
+        return (f"Run({self.workdir!r}, step={self.step}, tasks={self.tasks}, "
+                f"dataset={self.config.dataset.name!r}, image_size={self.info.image_size})")
+
+    def _task(self, name: str):
+        return self.comp.tasks[self._sampler.task_index(name)]
+
+    def _check_images(self, images) -> np.ndarray:
+        images = np.asarray(images)
+        s, c = self.info.image_size, self.info.channels
+        if images.ndim != 4 or images.shape[1:] != (s, s, c):
+            raise ValueError(f"images have shape {images.shape}; this model takes uint8 "
+                             f"[N, {s}, {s}, {c}] images.")
+        if images.dtype != np.uint8:
+            raise ValueError(f"images have dtype {images.dtype}; pass uint8 in [0, 255].")
+        return images
+
+    def degrade(self, task: str, images, rng: jax.Array) -> Condition:
+        """The condition of ``task`` built from clean uint8 images [N, H, W, C]."""
+        t = self._task(task)
+        images = self._check_images(images)
+        if task not in self._degrade:
+            self._degrade[task] = jax.jit(t.degrade)
+        return self._degrade[task](to_float(jnp.asarray(images)), rng)
+
+    def sample(self, task: str, condition: Condition | None = None, labels=None,
+               num_samples: int | None = None, rng: jax.Array | None = None, *,
+               steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
+               guidance: float = 1.0) -> np.ndarray:
+        """Samples ``task``'s outputs: uint8 [N, H, W, C].
+
+        Args:
+          task: a task name of this run.
+          condition: from :meth:`degrade` (restoration tasks).
+          labels: int class labels [N] (class-conditional generation).
+          num_samples: N for unconditional generation.
+          rng: a ``jax.random.key``; sampling is deterministic given it.
+          steps: sampler steps; sampler: 'ddim' or 'ddpm'; eta: DDIM stochasticity.
+          guidance: classifier-free guidance scale (1 = none, 0 = unconditional).
+        """
+        t = self._task(task)
+        rng = jax.random.key(0) if rng is None else rng
+        s, c = self.info.image_size, self.info.channels
+        if labels is not None:
+            labels = np.asarray(labels, np.int32).reshape(-1)
+            nc = self.info.num_classes or 0
+            if not getattr(t, "class_conditional", False):
+                raise ValueError(f"task {task!r} of this run takes no class labels.")
+            if labels.min() < 0 or labels.max() >= nc:
+                raise ValueError(f"labels must be in [0, {nc}); got range "
+                                 f"[{labels.min()}, {labels.max()}].")
+        if condition is None:
+            if task != "generate":
+                raise ValueError(f"task {task!r} needs a condition: "
+                                 f"run.degrade({task!r}, images, rng).")
+            n = len(labels) if labels is not None else num_samples
+            if not n:
+                raise ValueError("pass labels=... or num_samples=N to generate.")
+            zeros = jnp.zeros((n, s, s, c), jnp.float32)
+            condition = Condition(image=zeros, mask=jnp.zeros((n, s, s, 1), jnp.float32))
+        n = condition.image.shape[0]
+        if labels is None:
+            labels = np.zeros((n,), np.int32)
+        if len(labels) != n:
+            raise ValueError(f"{len(labels)} labels for {n} conditions.")
+        out = self._sampler(self.params, task, condition, jnp.asarray(labels), rng, steps=steps,
+                            sampler=sampler, eta=eta, guidance=guidance)
+        return np.asarray(to_uint8(out))
+
+    def evaluate(self, split: str = "test", num_batches: int = 4,
+                 steps: int | None = None) -> dict[str, float]:
+        """Metrics of every task on ``num_batches`` batches of ``split``."""
+        cfg = self.config.copy_and_resolve_references()
+        cfg.dataset.test_split = split
+        if steps is not None:
+            cfg.eval.sample_steps = steps
+        return evaluate.evaluate(self.comp, self._sampler, self.params, cfg,
+                                 num_batches=num_batches, step=self.step)
+
+    @staticmethod
+    def show(*rows, scale: int = 4):
+        """A PIL image of rows of uint8 [N, H, W, C] arrays (one row per array)."""
+        from PIL import Image
+
+        rows = [np.concatenate(list(np.asarray(r)), axis=1) for r in rows]
+        grid = np.concatenate(rows, axis=0)
+        if grid.shape[-1] == 1:
+            grid = grid[..., 0]
+        img = Image.fromarray(grid)
+        return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+
+
+def restore(workdir: str, step: int | None = None, ema: bool = True) -> Run:
+    """Restores a trained run from ``workdir`` for sampling and evaluation.
+
+    Args:
+      workdir: a run directory written by ``launch.py`` / ``train_and_evaluate``.
+      step: the checkpoint step (default: the latest).
+      ema: the EMA parameters (default) or the raw ones.
+    """
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"{workdir} does not exist.")
+    config = workdir_lib.load_config(workdir)
+    ckpt = Checkpointer(workdir, async_save=False)
+    try:
+        steps = ckpt.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"{workdir} holds no checkpoint (nothing under "
+                                    f"{ckpt.directory}); train first.")
+        step = max(steps) if step is None else int(step)
+        if step not in steps:
+            raise FileNotFoundError(f"{workdir} has no checkpoint at step {step}; "
+                                    f"steps present: {sorted(steps)}.")
+        meta = ckpt.restore_meta(step)
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"the checkpoint at step {step} has format version "
+                             f"{meta.get('format_version')}, this mtlgen_jax reads "
+                             f"{FORMAT_VERSION}; use the version that wrote it.")
+        info = data.get_info(config.dataset)
+        comp = components.build(config, info)
+        key = "ema_params" if ema else "params"
+        shapes = jax.eval_shape(lambda: components.init_params(comp.model, info,
+                                                               jax.random.key(0)))
+        device = jax.local_devices()[0]
+        abstract = jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                           sharding=jax.sharding.SingleDeviceSharding(device)),
+            shapes)
+        restored = ckpt.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item={key: abstract}, partial_restore=True)))
+        params = restored.state[key]
+    finally:
+        ckpt.close()
+    return Run(config, comp, params, step, workdir)
