@@ -177,7 +177,9 @@ def restore(workdir: str, step: int | None = None, ema: bool = True) -> Run:
                                            sharding=jax.sharding.SingleDeviceSharding(device)),
             shapes)
         restored = ckpt.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(item={key: abstract}, partial_restore=True)))
+            state=ocp.args.PyTreeRestore(
+                item={key: abstract}, partial_restore=True,
+                restore_args=ocp.checkpoint_utils.construct_restore_args({key: abstract}))))
         params = restored.state[key]
     finally:
         ckpt.close()

@@ -14,7 +14,7 @@ import optax
 
 from mtlgen_jax import diffusion, tasks, weighting
 from mtlgen_jax.models import MultiTaskModel
-from mtlgen_jax.step import StepConfig, TrainState
+from mtlgen_jax.step import StepConfig, TrainState, mixture_counts
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -93,6 +93,7 @@ def build(config, info) -> Components:
     check_model_config(config.model, info.image_size)
     task_list = tasks.create_all(config.tasks, channels=info.channels, image_size=info.image_size,
                                  num_classes=info.num_classes or 0)
+    mixture_counts([t.weight for t in task_list], config.batch_size)  # every task gets examples
     hparams = {k: v for k, v in config.weighting.items() if k != "name"}
     strategy = weighting.create(config.weighting.name, len(task_list), **hparams)
     schedule = diffusion.get_schedule(config.diffusion.schedule)
