@@ -1,0 +1,97 @@
+"""Runs a few train steps of a tiny model on synthetic data; prints losses/params as JSON.
+
+Used by tests/test_parallel.py in subprocesses, since the device count
+(XLA_FLAGS=--xla_force_host_platform_device_count) must be set before JAX starts.
+
+    python tests/_multidevice.py --devices N --backend shard_map|pmap --weighting ew
+        [--process_id I --num_processes P --port PORT] [--dtype bfloat16] [--steps S]
+"""
+
+import argparse
+import json
+import os
+import sys
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--devices", type=int, default=1)  # devices per process
+parser.add_argument("--backend", default="shard_map")
+parser.add_argument("--weighting", default="ew")
+parser.add_argument("--dtype", default="float32")
+parser.add_argument("--steps", type=int, default=3)
+parser.add_argument("--batch", type=int, default=16)
+parser.add_argument("--process_id", type=int, default=0)
+parser.add_argument("--num_processes", type=int, default=1)
+parser.add_argument("--port", type=int, default=0)
+parser.add_argument("--lr", type=float, default=2e-3)
+args = parser.parse_args()
+
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+
+jax.config.update("jax_disable_most_optimizations", True)
+if args.num_processes > 1:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"127.0.0.1:{args.port}", args.num_processes, args.process_id)
+
+import functools  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from configs import default  # noqa: E402
+from mtlgen_jax import components, parallel  # noqa: E402
+from mtlgen_jax.data import DatasetInfo  # noqa: E402
+from mtlgen_jax.step import train_step  # noqa: E402
+
+cfg = default.get_config("tiny")
+cfg.batch_size = args.batch
+cfg.weighting.name = args.weighting
+cfg.dtype = args.dtype
+cfg.learning_rate = args.lr
+cfg.num_train_steps = 100
+cfg.tasks.names = "denoise,inpaint,super_resolve,colorize"
+info = DatasetInfo(name="synthetic", num_classes=None, channels=3, image_size=16, num_train=64,
+                   num_test=8, train_split="train", test_split="test")
+comp = components.build(cfg, info)
+par = parallel.Parallel(args.backend)
+host_batch, _ = parallel.check_batch(cfg.batch_size)
+state = par.init_state(functools.partial(components.init_state, comp, cfg.seed))
+step = par.wrap(functools.partial(train_step, comp.step_config(cfg)))
+
+rng = np.random.default_rng(0)
+losses = []
+for i in range(args.steps):
+    images = rng.integers(0, 256, (cfg.batch_size, 16, 16, 3), dtype=np.uint8)
+    labels = np.zeros((cfg.batch_size,), np.int32)
+    lo = args.process_id * host_batch
+    local = {"image": images[lo:lo + host_batch], "label": labels[lo:lo + host_batch]}
+    state, metrics = step(state, par.shard_batch(local))
+    host = par.metrics_to_host(metrics)
+    losses.append([host[f"loss/{t}"] for t in comp.task_names])
+
+final = par.unreplicate(state)
+if not all(x.is_fully_addressable for x in jax.tree.leaves(final.params)):
+    from jax.experimental import multihost_utils
+
+    final = multihost_utils.process_allgather(final.params)
+else:
+    final = jax.device_get(final.params)
+flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(final)])
+compiled = step.lower(state, par.shard_batch(local)).compile() if args.backend == "shard_map" \
+    else None
+mem = compiled.memory_analysis() if compiled is not None else None
+out = {
+    "losses": losses,
+    "params_head": flat[:2000].tolist(),
+    "params_sum": float(np.sum(flat.astype(np.float64))),
+    "params_abs": float(np.sum(np.abs(flat.astype(np.float64)))),
+    "devices": jax.device_count(),
+    "processes": jax.process_count(),
+    "cache_size": step._cache_size() if hasattr(step, "_cache_size") else None,
+    "temp_bytes": getattr(mem, "temp_size_in_bytes", None),
+    "argument_bytes": getattr(mem, "argument_size_in_bytes", None),
+}
+if args.process_id == 0:
+    print("RESULT " + json.dumps(out))
