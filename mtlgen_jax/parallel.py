@@ -80,7 +80,10 @@ class Parallel:
     def replicate(self, tree: Any) -> Any:
         """Host values (or single-device arrays) -> replicated on every device."""
         if self.backend == "pmap":
-            return jax.device_put_replicated(tree, self.local_devices)
+            # A leading axis of local-device length; pmap shards it over its devices.
+            n = len(self.local_devices)
+            return jax.tree.map(
+                lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)).copy(), tree)
         return jax.tree.map(lambda x: jax.device_put(np.asarray(x), self.replicated), tree)
 
     def abstract_state(self, shapes: Any) -> Any:
@@ -106,6 +109,6 @@ class Parallel:
 
     def metrics_to_host(self, metrics: dict) -> dict[str, float]:
         """Device metrics (replicated) -> Python floats (a host sync)."""
-        if self.backend == "pmap":
-            metrics = jax.tree.map(lambda x: x[0], metrics)
-        return {k: float(v) for k, v in jax.device_get(metrics).items()}
+        # Replicated values: this process's first shard is the whole value (also multi-host).
+        return {k: float(np.asarray(v.addressable_data(0)).reshape(-1)[0])
+                for k, v in metrics.items()}

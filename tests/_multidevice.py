@@ -71,13 +71,8 @@ for i in range(args.steps):
     host = par.metrics_to_host(metrics)
     losses.append([host[f"loss/{t}"] for t in comp.task_names])
 
-final = par.unreplicate(state)
-if not all(x.is_fully_addressable for x in jax.tree.leaves(final.params)):
-    from jax.experimental import multihost_utils
-
-    final = multihost_utils.process_allgather(final.params)
-else:
-    final = jax.device_get(final.params)
+# Replicated params: every process holds a full copy on its own devices.
+final = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), par.unreplicate(state).params)
 flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(final)])
 compiled = step.lower(state, par.shard_batch(local)).compile() if args.backend == "shard_map" \
     else None
