@@ -62,7 +62,7 @@ step = par.wrap(functools.partial(train_step, comp.step_config(cfg)))
 
 rng = np.random.default_rng(0)
 losses = []
-for i in range(args.steps):
+for _ in range(args.steps):
     images = rng.integers(0, 256, (cfg.batch_size, 16, 16, 3), dtype=np.uint8)
     labels = np.zeros((cfg.batch_size,), np.int32)
     lo = args.process_id * host_batch
