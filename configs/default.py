@@ -20,8 +20,8 @@ from ml_collections import config_dict
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.batch_size = 64  # global, over all devices of all hosts
-    c.num_train_steps = 3000
+    c.batch_size = 32  # global, over all devices of all hosts
+    c.num_train_steps = 800
     c.learning_rate = 2e-3
     c.end_learning_rate_factor = 0.05  # cosine decays to this fraction of the peak
     c.warmup_steps = 100
@@ -32,9 +32,16 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.ema_decay = 0.995
     c.dtype = "float32"  # activations/compute; params and optimizer state stay float32
     c.log_every_steps = 50
-    c.eval_every_steps = 1000
-    c.checkpoint_every_steps = 500
+    c.eval_every_steps = 400
+    c.checkpoint_every_steps = 200
     c.keep_checkpoints = 3
+
+    # Non-finite loss or gradient: 'halt' (stop with an error naming the step and
+    # task; the last good checkpoint stays) or 'skip' (drop the update, count it,
+    # halt after max_consecutive_skips drops in a row).
+    c.nonfinite = ml_collections.ConfigDict(dict(policy="halt", max_consecutive_skips=5))
+    # Testing hooks: NaN in one task's loss at one step; a host sleep per step.
+    c.debug = ml_collections.ConfigDict(dict(nan_step=-1, nan_task="", step_delay_s=0.0))
 
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = "photo_patches"  # 'photo_patches', 'digits', a TFDS catalog name, 'folder'
@@ -59,7 +66,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.schedule = "cosine"  # 'cosine' | 'linear'
-    c.diffusion.prediction = "eps"  # 'eps' | 'v' | 'x0'
+    c.diffusion.prediction = "v"  # "v" | "eps" | "x0"; v keeps x0 well-posed at high noise
     c.diffusion.discrete_steps = 0  # 0: continuous time; N: t in {1/N, ..., 1}
     c.diffusion.sampler = "ddim"  # 'ddim' | 'ddpm'
     c.diffusion.eta = 0.0  # DDIM stochasticity (0 = deterministic)
@@ -80,7 +87,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 64
-    c.eval.num_batches = 4  # test batches per task at the final evaluation
+    c.eval.num_batches = 2  # test batches per task at the final evaluation (0: no eval)
     c.eval.num_batches_during_training = 1
     c.eval.sample_steps = 50
     c.eval.guidance = 1.0  # classifier-free guidance scale for 'generate' (1 = none)

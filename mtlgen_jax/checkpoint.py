@@ -32,6 +32,12 @@ class Checkpointer:
 
     def __init__(self, workdir: str, *, every: int = 1, keep: int = 3, async_save: bool = True):
         self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+        partial = sorted(n for n in (os.listdir(self.directory) if os.path.isdir(self.directory)
+                                     else []) if ".orbax-checkpoint-tmp" in n)
+        if partial:
+            logging.warning("removing %d partial checkpoint(s) left by an interrupted save "
+                            "(%s); resuming from the latest complete one.", len(partial),
+                            ", ".join(partial))
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=max(1, every),
             max_to_keep=keep,
@@ -79,6 +85,13 @@ class Checkpointer:
     def restore_meta(self, step: int) -> dict:
         restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return dict(restored.meta)
+
+    def reached_preemption(self, step: int) -> bool:
+        """Whether the cluster signalled preemption (multi-host; orbax/JAX sync point)."""
+        try:
+            return bool(self.manager.reached_preemption(step))
+        except Exception:  # no preemption service (single process, no distributed init)
+            return False
 
     def wait(self) -> None:
         """Blocks until background saves are written (and raises their errors)."""

@@ -39,7 +39,10 @@ class Components:
             schedule=self.schedule, prediction=config.diffusion.prediction,
             discrete_steps=config.diffusion.discrete_steps or None,
             global_batch=config.batch_size, ema_decay=config.ema_decay,
-            learning_rate_fn=self.learning_rate_fn,
+            learning_rate_fn=self.learning_rate_fn, nonfinite=config.nonfinite.policy,
+            nan_step=config.debug.nan_step,
+            nan_task=(self.task_names.index(config.debug.nan_task)
+                      if config.debug.nan_task else -1),
         )
 
 
@@ -86,6 +89,11 @@ def build(config, info) -> Components:
               "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints")
     if not 0.0 <= config.ema_decay < 1.0:
         raise ValueError(f"config.ema_decay={config.ema_decay} must be in [0, 1).")
+    if config.nonfinite.policy not in ("halt", "skip"):
+        raise ValueError(f"nonfinite.policy={config.nonfinite.policy!r}: use 'halt' or 'skip'.")
+    if config.nonfinite.max_consecutive_skips < 1:
+        raise ValueError(f"nonfinite.max_consecutive_skips="
+                         f"{config.nonfinite.max_consecutive_skips} must be >= 1.")
     if config.dtype not in DTYPES:
         raise ValueError(f"config.dtype={config.dtype!r} is unknown; use one of {tuple(DTYPES)}.")
     if config.diffusion.prediction not in ("eps", "v", "x0"):
@@ -105,6 +113,8 @@ def build(config, info) -> Components:
                       dropout=config.model.dropout, num_heads=config.model.num_heads),
         num_classes=info.num_classes or 0, dtype=DTYPES[config.dtype],
     )
+    if config.debug.nan_task and config.debug.nan_task not in [t.name for t in task_list]:
+        raise ValueError(f"debug.nan_task={config.debug.nan_task!r} is not in tasks.names.")
     optimizer, lr_fn = build_optimizer(config)
     return Components(model=model, tasks=task_list, strategy=strategy, optimizer=optimizer,
                       learning_rate_fn=lr_fn, schedule=schedule, info=info)
@@ -131,4 +141,5 @@ def init_state(comp: Components, seed: int) -> TrainState:
         ema_params=jax.tree.map(jnp.copy, params),
         weighting_state=comp.strategy.init(),
         rng=jax.random.key_data(k_run),
+        skipped=jnp.zeros((), jnp.int32),
     )

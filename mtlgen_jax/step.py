@@ -35,6 +35,7 @@ class TrainState:
     ema_params: Any
     weighting_state: Any
     rng: jax.Array  # [2] uint32 key data; the step's key is fold_in(rng, step)
+    skipped: jax.Array  # [] int32 consecutive updates dropped for non-finite values
 
 
 @flax.struct.dataclass
@@ -59,6 +60,9 @@ class StepConfig:
     global_batch: int
     ema_decay: float
     learning_rate_fn: Any
+    nonfinite: str = "halt"  # 'halt' | 'skip' (see train.py)
+    nan_step: int = -1  # testing hook: make one task's loss NaN at this step
+    nan_task: int = -1
 
     @property
     def task_counts(self) -> np.ndarray:
@@ -197,31 +201,53 @@ def combine_gradients(cfg: StepConfig, params, vjp_fn, losses, wstate, key):
     return grads, out
 
 
+def _inject_nan(cfg: StepConfig, losses: jax.Array, step: jax.Array) -> jax.Array:
+    """Testing hook: task ``nan_task``'s loss (and so its gradient) is NaN at ``nan_step``."""
+    if cfg.nan_step < 0:
+        return losses
+    hit = (step == cfg.nan_step) & (jnp.arange(losses.shape[0]) == cfg.nan_task)
+    return losses * jnp.where(hit, jnp.nan, 1.0)
+
+
 def train_step(cfg: StepConfig, state: TrainState, batch) -> tuple[TrainState, dict]:
-    """One optimisation step on this device's slice of the batch (call under a mesh axis)."""
+    """One optimisation step on this device's slice of the batch (call under a mesh axis).
+
+    Non-finite losses or gradients: with ``cfg.nonfinite == 'skip'`` the update is
+    dropped (params, optimizer, EMA and weighting state stay bitwise unchanged; the
+    step and data still advance) and ``skipped`` counts consecutive drops; with
+    'halt' the update is applied and the host loop stops before anything is saved.
+    """
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     k_loss, k_weight = jax.random.split(step_key)
 
     def loss_fn(p):
-        return task_losses(cfg, p, batch, k_loss)[0]
+        return _inject_nan(cfg, task_losses(cfg, p, batch, k_loss)[0], state.step)
 
     local_losses, vjp_fn = jax.vjp(loss_fn, state.params)
     losses = jax.lax.psum(local_losses, AXIS)  # [K] exact global per-task means
     grads, wout = combine_gradients(cfg, state.params, vjp_fn, losses, state.weighting_state,
                                     k_weight)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.all(jnp.isfinite(losses)) & jnp.isfinite(grad_norm)
     updates, opt_state = cfg.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # EMA with the usual warm-up so early averages are not dominated by the init.
     decay = jnp.minimum(cfg.ema_decay, (1.0 + state.step) / (10.0 + state.step))
     ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              ema_params=ema, weighting_state=wout.state)
+                              ema_params=ema, weighting_state=wout.state,
+                              skipped=jnp.zeros_like(state.skipped))
+    if cfg.nonfinite == "skip":
+        kept = state.replace(step=state.step + 1, skipped=state.skipped + 1)
+        new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, kept)
     metrics = {
         "loss": jnp.sum(wout.weights * losses),
         "lr": cfg.learning_rate_fn(state.step),
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": grad_norm,
         "update_norm": optax.global_norm(updates),
         "param_norm": optax.global_norm(params),
+        "finite": finite.astype(jnp.float32),
+        "skipped": new_state.skipped.astype(jnp.float32),
     }
     for i, t in enumerate(cfg.tasks):
         metrics[f"loss/{t.name}"] = losses[i]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import math
+import signal
+import threading
 import time
 
 import jax
@@ -23,15 +25,17 @@ from mtlgen_jax.step import TrainState, train_step
 from mtlgen_jax.writers import MetricWriter
 
 
-def check_finite(step: int, metrics: dict[str, float]) -> None:
-    """Halts on a non-finite loss or gradient, naming the step and the task."""
-    bad = [k for k, v in metrics.items()
-           if (k.startswith("loss") or k == "grad_norm") and not math.isfinite(v)]
-    if bad:
-        raise FloatingPointError(
-            f"non-finite values at step {step}: {', '.join(f'{k}={metrics[k]}' for k in bad)}. "
-            "The last good checkpoint is kept; lower learning_rate or check the data."
-        )
+def _install_sigterm(trainer) -> object:
+    """On SIGTERM, ask the loop to checkpoint and stop (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        del frame
+        logging.warning("signal %d: saving a checkpoint and stopping", signum)
+        trainer._sigterm = True
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 class Trainer:
@@ -49,6 +53,9 @@ class Trainer:
                                  keep=config.keep_checkpoints)
         workdir_lib.prepare(workdir, config, has_checkpoint=self.ckpt.latest_step() is not None,
                             write=self.is_main)
+        self.skipped_total = 0
+        self.preempted = False
+        self._sigterm = False
         self.init_fn = functools.partial(components.init_state, self.comp, config.seed)
         self.step_fn = self.par.wrap(functools.partial(train_step, self.comp.step_config(config)))
         self.sampler = Sampler(self.comp, config.diffusion.prediction,
@@ -75,6 +82,11 @@ class Trainer:
 
     # --- loop ---------------------------------------------------------------------------
     def run(self) -> TrainState:
+        """Trains to ``num_train_steps``; returns the final (device) state.
+
+        Stops early, after saving a checkpoint at the current step, on SIGTERM
+        (or orbax's multi-host preemption signal); ``self.preempted`` is then True.
+        """
         cfg = self.config
         state, position = self.initial_state()
         start = int(jax.device_get(self.par.unreplicate(state).step))
@@ -84,7 +96,10 @@ class Trainer:
         writer = MetricWriter(self.workdir)
         bar = tqdm(total=cfg.num_train_steps, initial=start, disable=not self.is_main,
                    dynamic_ncols=True, desc="train")
-        pending = None  # (step, device metrics, time): logged one step later (no host sync)
+        self.preempted, self._sigterm = False, False
+        previous_handler = _install_sigterm(self)
+        unchecked = None  # (step, device metrics) whose finiteness is not yet checked
+        pending = None  # (step, device metrics, images/s): logged one step later
         t_log, n_log = time.perf_counter(), 0
         try:
             for step in range(start, cfg.num_train_steps):
@@ -92,39 +107,79 @@ class Trainer:
                 state, metrics = self.step_fn(state, batch)
                 position += 1
                 n_log += 1
+                done = step + 1
+                # Check the previous step (already computed): no stall of the pipeline.
+                if unchecked is not None:
+                    self._check(*unchecked)
+                unchecked = (done, metrics)
                 if pending is not None:
                     self._log(writer, bar, *pending)
                     pending = None
-                done = step + 1
                 if done % cfg.log_every_steps == 0 or done == cfg.num_train_steps:
                     now = time.perf_counter()
-                    rate = n_log * cfg.batch_size / (now - t_log)
-                    pending = (done, metrics, rate)
+                    pending = (done, metrics, n_log * cfg.batch_size / (now - t_log))
                     t_log, n_log = now, 0
                 bar.update(1)
-                if done % cfg.checkpoint_every_steps == 0 and done != cfg.num_train_steps:
-                    self.save(done, state, position)
-                if done % cfg.eval_every_steps == 0 or done == cfg.num_train_steps:
+                if cfg.debug.step_delay_s:
+                    time.sleep(cfg.debug.step_delay_s)
+                preempt = self._sigterm or self.ckpt.reached_preemption(done)
+                final = done == cfg.num_train_steps
+                if preempt or final or done % cfg.checkpoint_every_steps == 0:
+                    self._check(*unchecked)  # never save a non-finite state
+                    unchecked = None
+                    self.save(done, state, position, force=preempt or final)
+                if preempt:
+                    self.ckpt.wait()
+                    self.preempted = True
+                    logging.warning("preempted at step %d: checkpoint saved in %s; run the same "
+                                    "command again to continue.", done, self.ckpt.directory)
+                    break
+                if cfg.eval.num_batches and (done % cfg.eval_every_steps == 0 or final):
                     if pending is not None:
                         self._log(writer, bar, *pending)
                         pending = None
-                    self.evaluate(state, done, writer, final=done == cfg.num_train_steps)
+                    self.evaluate(state, done, writer, final=final)
+                    t_log = time.perf_counter()  # images/s counts training time only
+            if unchecked is not None:
+                self._check(*unchecked)
             if pending is not None:
                 self._log(writer, bar, *pending)
-            final = int(jax.device_get(self.par.unreplicate(state).step))
-            if final not in self.ckpt.all_steps():
-                self.save(final, state, position, force=True)
-            self.ckpt.wait()
+            self.ckpt.wait()  # raises if a background save failed
         finally:
+            signal.signal(signal.SIGTERM, previous_handler) if previous_handler else None
             bar.close()
             writer.close()
             self.ckpt.close()
         return state
 
+    def _check(self, step: int, metrics) -> None:
+        """Applies the non-finite policy to one step's metrics (a small host read)."""
+        flags = self.par.metrics_to_host({"finite": metrics["finite"],
+                                          "skipped": metrics["skipped"]})
+        if flags["finite"]:
+            return
+        host = self.par.metrics_to_host(metrics)
+        bad = [k.split("/", 1)[1] for k, v in host.items()
+               if k.startswith("loss/") and not math.isfinite(v)]
+        what = (f"the loss of task(s) {', '.join(bad)}" if bad
+                else f"the gradient (grad_norm={host['grad_norm']})")
+        policy = self.config.nonfinite
+        if policy.policy == "skip" and flags["skipped"] < policy.max_consecutive_skips:
+            self.skipped_total += 1
+            logging.warning("step %d: %s is not finite; update skipped (%d in a row, %d in "
+                            "all).", step, what, int(flags["skipped"]), self.skipped_total)
+            return
+        raise FloatingPointError(
+            f"step {step}: {what} is not finite"
+            + (f" ({int(flags['skipped'])} updates in a row skipped)"
+               if policy.policy == "skip" else "")
+            + f". The last good checkpoint (step {self.ckpt.latest_step()}) is kept; lower "
+            "learning_rate, check the data, or set nonfinite.policy='skip'.")
+
     def _log(self, writer: MetricWriter, bar, step: int, metrics, rate: float) -> None:
         host = self.par.metrics_to_host(metrics)
-        check_finite(step, host)
         host["images_per_sec"] = rate
+        host["skipped_total"] = self.skipped_total
         writer.write(step, host)
         bar.set_postfix(loss=f"{host['loss']:.4f}", img_s=f"{rate:.0f}")
 

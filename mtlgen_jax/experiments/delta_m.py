@@ -1,0 +1,396 @@
+r"""The Δm table: every weighting strategy against single-task models, at the same budget.
+
+    python -m mtlgen_jax.experiments.delta_m --config configs/default.py \
+        --workdir runs/delta_m --strategies ew,uw,famo,pcgrad [--steps N] [--config.KEY=VALUE]
+
+Trains one single-task model per task (`<workdir>/single_<task>`: the config with
+`tasks.names` = that task and `ew`) and one multi-task model per strategy
+(`<workdir>/mtl_<strategy>`), each with `mtlgen_jax.train.train_and_evaluate`,
+then writes `<workdir>/delta_m.md` and `<workdir>/delta_m.csv`.
+
+Budget convention: every model trains the same number of steps (`--steps`, else
+`num_train_steps`) on the same global batch (`batch_size`). A single-task model
+spends the whole batch on its task; the multi-task model splits each batch among
+the tasks by the mixture weights (`tasks.<name>.weight`), so it sees about 1/T as
+many examples of each task, with one network instead of T.
+
+Metrics are those of each run's final evaluation (`mtlgen_jax.evaluate`, the
+`eval/<task>/<metric>` row at the last step of `metrics.jsonl`). Δm (Maninis et
+al., CVPR 2019) uses one primary metric per task: PSNR for the restoration tasks,
+the judge's accuracy for class-conditional `generate` on digits (`generate` on
+other datasets has no such metric and is left out of Δm):
+
+    Δm = 100 / T * sum_t (-1)^{l_t} (M_mtl,t - M_single,t) / M_single,t,
+
+l_t = 1 where lower is better; Δm > 0 means better than the single-task models.
+Step time is the median of `batch_size / images_per_sec` over the logged
+windows after the first (which holds the compilation); the single-task row
+sums its T models.
+
+Finished runs are reused: a sub-workdir with a checkpoint at the final step and
+its final evaluation is not trained again; an unfinished one resumes from its
+latest checkpoint (see `Trainer`); one with the checkpoint but no final
+evaluation is evaluated (`mtlgen_jax.cli.eval_workdir`).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+
+import ml_collections
+from absl import logging
+
+from mtlgen_jax import weighting
+from mtlgen_jax import writers as writers_lib
+
+# The metric Δm uses for each task (generate: only where the run reports it, i.e. digits).
+PRIMARY_METRIC = {"denoise": "psnr", "inpaint": "psnr", "super_resolve": "psnr",
+                  "colorize": "psnr", "generate": "accuracy"}
+# Metrics shown in the table, in this order, and their direction.
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "accuracy": True, "frechet": False}
+REFERENCE = "single-task"  # the method name of the reference row
+BASE_STRATEGY = "ew"  # step times are relative to this strategy
+
+
+def delta_m(results: Mapping[str, float], reference: Mapping[str, float],
+            higher_is_better: Mapping[str, bool]) -> float:
+    """Δm in percent (Maninis et al., 2019) over the metrics named in `higher_is_better`.
+
+    Args:
+      results: metric name -> value of the multi-task model.
+      reference: metric name -> value of the single-task models.
+      higher_is_better: the metrics to average (one per task) -> their direction.
+
+    Returns:
+      100 / T * sum_t s_t (results[t] - reference[t]) / reference[t], s_t = +1 where
+      higher is better, -1 where lower is; > 0 means better than the reference.
+
+    Raises:
+      ValueError: no metric, a metric missing from either side, or a zero reference.
+    """
+    if not higher_is_better:
+        raise ValueError("delta_m needs at least one metric")
+    total = 0.0
+    for key, higher in higher_is_better.items():
+        if key not in results or key not in reference:
+            side = "results" if key not in results else "reference"
+            raise ValueError(f"delta_m: metric {key!r} is missing from the {side}")
+        base = float(reference[key])
+        if base == 0.0 or not math.isfinite(base):
+            raise ValueError(f"delta_m: the reference {key}={base} cannot be divided by")
+        sign = 1.0 if higher else -1.0
+        total += sign * (float(results[key]) - base) / base
+    return 100.0 * total / len(higher_is_better)
+
+
+@dataclasses.dataclass
+class Row:
+    """One line of the table."""
+
+    method: str  # REFERENCE or a strategy name
+    metrics: dict[str, float]  # '<task>/<metric>' -> value
+    delta_m: float  # percent; 0 for the reference
+    step_ms: float  # steady-state train-step time (ms); nan if unknown
+    time_vs_base: float = math.nan  # step_ms / step_ms of BASE_STRATEGY
+
+
+def columns(metric_keys: Sequence[str]) -> list[str]:
+    """The table's columns: method, the metrics, Δm, step times."""
+    return ["method", *metric_keys, "delta_m_pct", "step_ms", f"step_time_vs_{BASE_STRATEGY}"]
+
+
+# Number formats: (metrics, Δm, step_ms, ratio); blank cells for missing / nan values.
+_MD_FORMATS = (".4f", "+.2f", ".1f", ".2f")
+_CSV_FORMATS = (".6g",) * 4
+
+
+def _cells(row: Row, metric_keys: Sequence[str], formats: Sequence[str]) -> list[str]:
+    def num(v, f):
+        return "" if v is None or not math.isfinite(v) else format(v, f)
+
+    return [row.method, *(num(row.metrics.get(k), formats[0]) for k in metric_keys),
+            num(row.delta_m, formats[1]), num(row.step_ms, formats[2]),
+            num(row.time_vs_base, formats[3])]
+
+
+def format_table(rows: Sequence[Row], metric_keys: Sequence[str]) -> str:
+    """A Markdown table: one row per method, the columns of `columns(metric_keys)`."""
+    head = columns(metric_keys)
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    lines += ["| " + " | ".join(_cells(r, metric_keys, _MD_FORMATS)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def format_csv(rows: Sequence[Row], metric_keys: Sequence[str]) -> str:
+    """The same table as CSV (full precision for the metrics)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns(metric_keys))
+    for r in rows:
+        w.writerow(_cells(r, metric_keys, _CSV_FORMATS))
+    return buf.getvalue()
+
+
+def write_tables(workdir: str, rows: Sequence[Row], metric_keys: Sequence[str],
+                 notes: str = "") -> tuple[str, str]:
+    """Writes `<workdir>/delta_m.md` (notes, then the table) and `delta_m.csv`; returns paths."""
+    os.makedirs(workdir, exist_ok=True)
+    md, csv_path = os.path.join(workdir, "delta_m.md"), os.path.join(workdir, "delta_m.csv")
+    with open(md, "w") as f:
+        f.write((notes.rstrip() + "\n\n" if notes else "") + format_table(rows, metric_keys)
+                + "\n")
+    with open(csv_path, "w") as f:
+        f.write(format_csv(rows, metric_keys))
+    return md, csv_path
+
+
+# --- reading runs ---------------------------------------------------------------------
+def final_eval(workdir: str, step: int) -> dict[str, float] | None:
+    """'<task>/<metric>' -> value of the last evaluation at `step` in metrics.jsonl, or None."""
+    found = None
+    for row in writers_lib.read_metrics(workdir):
+        if row.get("step") == step and any(k.startswith("eval/") for k in row):
+            found = {k[len("eval/"):]: v for k, v in row.items() if k.startswith("eval/")}
+    return found
+
+
+def step_seconds(workdir: str, batch_size: int) -> float:
+    """Median train-step time (s) over the logged windows after the first; nan if none."""
+    rates = [r["images_per_sec"] for r in writers_lib.read_metrics(workdir)
+             if "images_per_sec" in r and r["images_per_sec"] > 0]
+    if len(rates) < 2:
+        return math.nan
+    return statistics.median(batch_size / r for r in rates[1:])
+
+
+def has_checkpoint(workdir: str, step: int) -> bool:
+    """Whether the (committed) orbax checkpoint of `step` exists in workdir."""
+    from mtlgen_jax.checkpoint import CHECKPOINT_DIR
+
+    return os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR, str(step)))
+
+
+# --- configs --------------------------------------------------------------------------
+def task_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    return tuple(t.strip() for t in config.tasks.names.split(",") if t.strip())
+
+
+def strategy_hparams(weighting_cfg: ml_collections.ConfigDict, name: str) -> dict:
+    """The keys of `config.weighting` (besides `name`) that strategy `name` accepts."""
+    accepted = set(weighting.hparam_names(name)) if name in weighting.NAMES else set()
+    return {k: v for k, v in weighting_cfg.items() if k != "name" and k in accepted}
+
+
+def parse_strategies(text: str | Sequence[str], config: ml_collections.ConfigDict) -> tuple:
+    """Strategy names from 'a,b,c'; each is built once so a bad one fails now.
+
+    Raises:
+      ValueError: no name, an unknown name or bad hyperparameters (the weighting
+        module's message), or a `config.weighting` key that no listed strategy takes.
+    """
+    items = text.split(",") if isinstance(text, str) else list(text)
+    names = tuple(dict.fromkeys(s.strip() for s in items if s.strip()))
+    if not names:
+        raise ValueError("--strategies is empty; give comma-separated names from "
+                         f"{', '.join(weighting.NAMES)}")
+    num_tasks = len(task_names(config))
+    for name in names:
+        weighting.create(name, num_tasks, **strategy_hparams(config.weighting, name))
+    extra = {k for k in config.weighting.keys() if k != "name"}
+    unused = sorted(extra - {k for n in names for k in strategy_hparams(config.weighting, n)})
+    if unused:
+        raise ValueError(f"config.weighting.{unused[0]} is a hyperparameter of none of "
+                         f"{', '.join(names)}")
+    return names
+
+
+def _variant(config, *, tasks: str, strategy: str, hparams: dict, steps: int):
+    cfg = config.copy_and_resolve_references()
+    cfg.unlock()
+    cfg.tasks.names = tasks
+    cfg.weighting = ml_collections.ConfigDict(dict(name=strategy, **hparams))
+    cfg.num_train_steps = steps
+    return cfg
+
+
+def single_task_config(config, task: str, steps: int) -> ml_collections.ConfigDict:
+    """`config` for task alone (whole batch), equal weighting, `steps` steps."""
+    return _variant(config, tasks=task, strategy="ew", hparams={}, steps=steps)
+
+
+def multi_task_config(config, strategy: str, steps: int) -> ml_collections.ConfigDict:
+    """`config` with weighting `strategy` (and its hyperparameters), `steps` steps."""
+    return _variant(config, tasks=config.tasks.names, strategy=strategy,
+                    hparams=strategy_hparams(config.weighting, strategy), steps=steps)
+
+
+# --- the experiment -------------------------------------------------------------------
+def ensure_run(config, workdir: str, *, train_fn: Callable, eval_fn: Callable) -> dict:
+    """Trains (or resumes, or only evaluates) a run to its last step; returns its final eval."""
+    steps = config.num_train_steps
+    results = final_eval(workdir, steps)
+    if results is not None and has_checkpoint(workdir, steps):
+        logging.info("reusing %s (finished at step %d)", workdir, steps)
+        return results
+    if not has_checkpoint(workdir, steps):
+        logging.info("training %s to step %d", workdir, steps)
+        train_fn(config, workdir)
+    if not has_checkpoint(workdir, steps):
+        raise RuntimeError(
+            f"{workdir} has no checkpoint at step {steps} after training: it stopped early "
+            "(preempted? run the same command again to resume) or the workdir holds a run "
+            "trained past that step (use another --workdir).")
+    results = final_eval(workdir, steps)
+    if results is None:
+        logging.info("evaluating %s at step %d", workdir, steps)
+        eval_fn(workdir, step=steps)
+        results = final_eval(workdir, steps)
+    if results is None:
+        raise RuntimeError(f"{workdir}: no evaluation at step {steps} in metrics.jsonl")
+    return results
+
+
+def primary_metrics(tasks: Sequence[str], reference: Mapping[str, float]) -> dict[str, bool]:
+    """'<task>/<metric>' -> higher_is_better for the tasks that have their primary metric."""
+    out = {}
+    for task in tasks:
+        metric = PRIMARY_METRIC.get(task)
+        if metric is not None and f"{task}/{metric}" in reference:
+            out[f"{task}/{metric}"] = HIGHER_IS_BETTER[metric]
+    return out
+
+
+def build_rows(tasks: Sequence[str], single: Mapping[str, tuple[dict, float]],
+               multi: Mapping[str, tuple[dict, float]]) -> tuple[list[Row], list[str], dict]:
+    """Rows (reference first), the metric columns and the Δm metrics.
+
+    Args:
+      tasks: the task names.
+      single: task -> (its single-task final eval '<task>/<metric>' -> value, step s).
+      multi: strategy -> (final eval, step s).
+    """
+    reference = {k: v for t in tasks for k, v in single[t][0].items() if k.startswith(t + "/")}
+    used = primary_metrics(tasks, reference)
+    rows = [Row(REFERENCE, reference, 0.0 if used else math.nan,
+                1e3 * sum(single[t][1] for t in tasks))]
+    for name, (metrics, seconds) in multi.items():
+        dm = delta_m(metrics, reference, used) if used else math.nan
+        rows.append(Row(name, dict(metrics), dm, 1e3 * seconds))
+    base = next((r.step_ms for r in rows if r.method == BASE_STRATEGY), math.nan)
+    for r in rows:
+        r.time_vs_base = r.step_ms / base if base > 0 else math.nan
+    keys = [f"{t}/{m}" for t in tasks for m in HIGHER_IS_BETTER
+            if any(f"{t}/{m}" in r.metrics for r in rows)]
+    return rows, keys, used
+
+
+def notes(config, tasks: Sequence[str], steps: int, used: Mapping[str, bool]) -> str:
+    """The Markdown text above the table: what was compared and how."""
+    left_out = [t for t in tasks if not any(k.startswith(t + "/") for k in used)]
+    lines = [
+        "# Δm: multi-task weighting strategies vs. single-task models",
+        "",
+        f"Tasks: {', '.join(tasks)}; dataset `{config.dataset.name}`; every model trains "
+        f"{steps} steps at global batch {config.batch_size}. A single-task model spends the "
+        "whole batch on its task; a multi-task model splits each batch among the tasks by "
+        "their mixture weights (about 1/T of the examples per task, one network instead of T).",
+        "",
+        "Δm (Maninis et al., 2019) = 100/T Σ_t (-1)^{l_t} (M_mtl,t − M_single,t) / M_single,t, "
+        "l_t = 1 where lower is better; **Δm > 0 is better than single-task**. Metrics in Δm: "
+        + (", ".join(f"`{k}` ({'higher' if h else 'lower'} is better)" for k, h in used.items())
+           or "none") + "." + (f" Left out (no primary metric): {', '.join(left_out)}."
+                               if left_out else ""),
+        "",
+        "Metrics: final evaluation of each run (EMA parameters, "
+        f"{config.eval.num_batches} test batch(es) of {config.eval.batch_size} per task, "
+        f"{config.eval.sample_steps} sampler steps). `step_ms`: median train-step time over the "
+        "logged windows after the first; the single-task row sums its T models. "
+        f"`step_time_vs_{BASE_STRATEGY}`: relative to the `{BASE_STRATEGY}` row.",
+    ]
+    return "\n".join(lines)
+
+
+def run_experiment(config: ml_collections.ConfigDict, workdir: str,
+                   strategies: str | Sequence[str], *, steps: int | None = None,
+                   train_fn: Callable | None = None, eval_fn: Callable | None = None
+                   ) -> list[Row]:
+    """Trains or reuses every run, writes delta_m.md / delta_m.csv; returns the rows.
+
+    Args:
+      config: the base config (its task list, data, model, optimiser, eval settings).
+      workdir: holds `single_<task>/`, `mtl_<strategy>/` and the tables.
+      strategies: 'ew,famo,...' or a sequence of names.
+      steps: train steps of every model (default: config.num_train_steps).
+      train_fn: (config, workdir) -> anything; default `train.train_and_evaluate`.
+      eval_fn: (workdir, step=) -> anything; default `cli.eval_workdir`.
+
+    Raises:
+      ValueError: a bad strategy, hyperparameter or task list, before anything trains.
+    """
+    tasks = task_names(config)
+    if len(tasks) < 2:
+        raise ValueError(f"tasks.names={config.tasks.names!r}: Δm needs at least two tasks")
+    names = parse_strategies(strategies, config)
+    steps = int(steps or config.num_train_steps)
+    if steps < 1:
+        raise ValueError(f"steps={steps} must be >= 1")
+    if train_fn is None:
+        from mtlgen_jax.train import train_and_evaluate as train_fn
+    if eval_fn is None:
+        from mtlgen_jax.cli import eval_workdir as eval_fn
+    runs = [(t, f"single_{t}", single_task_config(config, t, steps)) for t in tasks]
+    runs += [(s, f"mtl_{s}", multi_task_config(config, s, steps)) for s in names]
+    single, multi = {}, {}
+    for key, sub, cfg in runs:
+        path = os.path.join(workdir, sub)
+        results = ensure_run(cfg, path, train_fn=train_fn, eval_fn=eval_fn)
+        out = single if sub.startswith("single_") else multi
+        out[key] = (results, step_seconds(path, cfg.batch_size))
+    rows, keys, used = build_rows(tasks, single, multi)
+    write_tables(workdir, rows, keys, notes(config, tasks, steps, used))
+    return rows
+
+
+def main(argv: Sequence[str]) -> None:
+    from absl import app, flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    f = flags.FLAGS
+    try:
+        parse_strategies(f.strategies, f.config)  # refuse bad names before anything runs
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")  # tf.data must not take accelerator memory
+    run_experiment(f.config, f.workdir, f.strategies, steps=f.steps)
+    path = os.path.join(f.workdir, "delta_m.md")
+    with open(path) as fh:
+        print(fh.read())
+    print(f"wrote {path} and delta_m.csv")
+
+
+def _cli() -> None:
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Holds single_<task>/, mtl_<strategy>/ and the tables.")
+    flags.DEFINE_string("strategies", None, "Comma-separated weighting strategies, e.g. "
+                        "ew,uw,famo,pcgrad (see mtlgen_jax.weighting.NAMES).")
+    flags.DEFINE_integer("steps", None, "Train steps of every model (default: the config's "
+                         "num_train_steps).")
+    flags.mark_flags_as_required(["config", "workdir", "strategies"])
+    app.run(main)
+
+
+if __name__ == "__main__":
+    _cli()

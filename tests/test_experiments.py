@@ -1,0 +1,263 @@
+"""The Δm experiment (formula, table, orchestration, CLI) and the two-task toy."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import default
+from mtlgen_jax.experiments import delta_m as dm
+from mtlgen_jax.experiments import toy
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# --- Δm formula -----------------------------------------------------------------------
+def test_delta_m_mixed_directions_hand_computed():
+    reference = {"a/psnr": 20.0, "b/frechet": 10.0, "c/accuracy": 0.5}
+    results = {"a/psnr": 22.0, "b/frechet": 12.0, "c/accuracy": 0.45}
+    hib = {"a/psnr": True, "b/frechet": False, "c/accuracy": True}
+    # a: +10% (higher is better, higher); b: -20% (lower is better, higher); c: -10%.
+    assert dm.delta_m(results, reference, hib) == pytest.approx((10.0 - 20.0 - 10.0) / 3)
+    # A lower Fréchet distance counts as an improvement.
+    assert dm.delta_m({"b/frechet": 8.0}, reference, {"b/frechet": False}) == pytest.approx(20.0)
+    assert dm.delta_m(reference, reference, hib) == 0.0
+
+
+def test_delta_m_refuses_bad_input():
+    with pytest.raises(ValueError, match="missing from the results"):
+        dm.delta_m({}, {"a/psnr": 1.0}, {"a/psnr": True})
+    with pytest.raises(ValueError, match="cannot be divided"):
+        dm.delta_m({"a/psnr": 1.0}, {"a/psnr": 0.0}, {"a/psnr": True})
+    with pytest.raises(ValueError, match="at least one metric"):
+        dm.delta_m({}, {}, {})
+
+
+def test_primary_metrics_skip_generate_without_accuracy():
+    ref = {"denoise/psnr": 20.0, "denoise/ssim": 0.5, "generate/frechet": 3.0}
+    assert dm.primary_metrics(["denoise", "generate"], ref) == {"denoise/psnr": True}
+    ref["generate/accuracy"] = 0.9
+    assert dm.primary_metrics(["denoise", "generate"], ref) == {
+        "denoise/psnr": True, "generate/accuracy": True}
+
+
+# --- the table ------------------------------------------------------------------------
+def test_table_writer_columns_and_values(tmp_path):
+    single = {"denoise": ({"denoise/psnr": 20.0, "denoise/ssim": 0.5,
+                           "denoise/psnr_baseline": 15.0}, 0.10),
+              "generate": ({"generate/accuracy": 0.8, "generate/frechet": 4.0}, 0.12)}
+    multi = {"ew": ({"denoise/psnr": 22.0, "denoise/ssim": 0.6, "generate/accuracy": 0.6,
+                     "generate/frechet": 5.0}, 0.2),
+             "famo": ({"denoise/psnr": 20.0, "denoise/ssim": 0.5, "generate/accuracy": 0.8,
+                       "generate/frechet": 4.0}, 0.3)}
+    rows, keys, used = dm.build_rows(["denoise", "generate"], single, multi)
+    assert keys == ["denoise/psnr", "denoise/ssim", "generate/accuracy", "generate/frechet"]
+    assert used == {"denoise/psnr": True, "generate/accuracy": True}
+    md_path, csv_path = dm.write_tables(str(tmp_path), rows, keys, "# notes")
+    with open(csv_path) as f:
+        table = list(csv.reader(f))
+    assert table[0] == ["method", *keys, "delta_m_pct", "step_ms", "step_time_vs_ew"]
+    assert [r[0] for r in table[1:]] == ["single-task", "ew", "famo"]
+    by_method = {r[0]: dict(zip(table[0], r)) for r in table[1:]}
+    assert float(by_method["ew"]["delta_m_pct"]) == pytest.approx((10.0 - 25.0) / 2)
+    assert float(by_method["famo"]["delta_m_pct"]) == 0.0
+    assert float(by_method["single-task"]["step_ms"]) == pytest.approx(220.0)  # 2 models
+    assert float(by_method["ew"]["step_time_vs_ew"]) == 1.0
+    assert float(by_method["famo"]["step_time_vs_ew"]) == pytest.approx(1.5)
+    md = open(md_path).read().splitlines()
+    assert md[0] == "# notes"
+    header = next(line for line in md if line.startswith("| method"))
+    assert [c.strip() for c in header.strip("|").split("|")] == table[0]
+    assert sum(line.startswith("| ") for line in md) == 1 + 3  # header + rows
+
+
+# --- orchestration with a fake trainer ------------------------------------------------
+def _fake_metrics(cfg):
+    """Deterministic final metrics: single-task PSNR 20; ew 22 / 19; others 20."""
+    tasks = cfg.tasks.names.split(",")
+    psnr = {t: 20.0 for t in tasks}
+    if len(tasks) > 1 and cfg.weighting.name == "ew":
+        psnr = {"denoise": 22.0, "inpaint": 19.0}
+    return {f"eval/{t}/{m}": v for t in tasks for m, v in
+            (("psnr", psnr[t]), ("ssim", 0.5), ("psnr_baseline", 10.0))}
+
+
+class FakeTrainer:
+    """Writes what `train_and_evaluate` leaves behind: metrics.jsonl and the checkpoint."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, cfg, workdir, *, write_eval=True):
+        self.calls.append((os.path.basename(workdir), cfg))
+        os.makedirs(os.path.join(workdir, "checkpoints", str(cfg.num_train_steps)))
+        rate = {"ew": 100.0, "famo": 80.0}.get(cfg.weighting.name, 100.0)
+        rows = [{"step": 1, "loss": 1.0, "images_per_sec": 1.0},  # the compile window
+                {"step": 2, "loss": 1.0, "images_per_sec": rate},
+                {"step": 3, "loss": 1.0, "images_per_sec": rate}]
+        if write_eval:
+            rows.append({"step": cfg.num_train_steps, **_fake_metrics(cfg)})
+        with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def _config(cagrad_c=None):
+    c = default.get_config("tiny")
+    c.tasks.names = "denoise,inpaint"
+    if cagrad_c is not None:
+        c.weighting.c = cagrad_c  # a cagrad hyperparameter: must reach cagrad only
+    return c
+
+
+def test_orchestration_trains_each_run_once_and_reuses_them(tmp_path):
+    workdir = str(tmp_path / "dm")
+    train = FakeTrainer()
+    no_eval = lambda *a, **k: pytest.fail("eval_fn called for a finished run")
+    rows = dm.run_experiment(_config(0.25), workdir, "ew,famo,cagrad", steps=3, train_fn=train,
+                             eval_fn=no_eval)
+    names = [n for n, _ in train.calls]
+    assert names == ["single_denoise", "single_inpaint", "mtl_ew", "mtl_famo", "mtl_cagrad"]
+    cfgs = dict(train.calls)
+    assert cfgs["single_inpaint"].tasks.names == "inpaint"
+    assert cfgs["single_inpaint"].weighting.to_dict() == {"name": "ew"}
+    assert cfgs["mtl_famo"].tasks.names == "denoise,inpaint"
+    assert cfgs["mtl_famo"].weighting.to_dict() == {"name": "famo"}
+    assert cfgs["mtl_cagrad"].weighting.to_dict() == {"name": "cagrad", "c": 0.25}
+    assert {c.num_train_steps for c in cfgs.values()} == {3}
+    assert {c.batch_size for c in cfgs.values()} == {8}  # the same budget for all
+    by_method = {r.method: r for r in rows}
+    assert by_method["single-task"].metrics == {
+        "denoise/psnr": 20.0, "denoise/ssim": 0.5, "denoise/psnr_baseline": 10.0,
+        "inpaint/psnr": 20.0, "inpaint/ssim": 0.5, "inpaint/psnr_baseline": 10.0}
+    assert by_method["ew"].delta_m == pytest.approx((10.0 - 5.0) / 2)
+    assert by_method["famo"].delta_m == 0.0
+    # Step time: the windows after the first only (8 images / 100 or 80 images/s).
+    assert by_method["ew"].step_ms == pytest.approx(80.0)
+    assert by_method["famo"].time_vs_base == pytest.approx(1.25)
+    assert os.path.exists(os.path.join(workdir, "delta_m.md"))
+    with open(os.path.join(workdir, "delta_m.csv")) as f:
+        assert next(csv.reader(f))[1:5] == ["denoise/psnr", "denoise/ssim", "inpaint/psnr",
+                                            "inpaint/ssim"]
+
+    # A second call reuses every finished run.
+    again = FakeTrainer()
+    dm.run_experiment(_config(0.25), workdir, "ew,famo,cagrad", steps=3, train_fn=again,
+                      eval_fn=no_eval)
+    assert again.calls == []
+
+
+def test_orchestration_evaluates_a_run_that_lacks_its_final_eval(tmp_path):
+    workdir = str(tmp_path / "dm")
+    cfg = dm.multi_task_config(_config(), "ew", 3)
+    FakeTrainer()(cfg, os.path.join(workdir, "mtl_ew"), write_eval=False)
+    evaluated = []
+
+    def fake_eval(path, *, step):
+        evaluated.append((os.path.basename(path), step))
+        with open(os.path.join(path, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps({"step": step, **_fake_metrics(cfg)}) + "\n")
+
+    train = FakeTrainer()
+    dm.run_experiment(_config(), workdir, "ew", steps=3, train_fn=train, eval_fn=fake_eval)
+    assert evaluated == [("mtl_ew", 3)]
+    assert [n for n, _ in train.calls] == ["single_denoise", "single_inpaint"]
+
+
+def test_orchestration_reports_a_run_that_stopped_early(tmp_path):
+    def stops_early(cfg, workdir):
+        os.makedirs(workdir, exist_ok=True)
+
+    with pytest.raises(RuntimeError, match="no checkpoint at step 3 after training"):
+        dm.run_experiment(_config(), str(tmp_path), "ew", steps=3, train_fn=stops_early,
+                          eval_fn=stops_early)
+
+
+@pytest.mark.parametrize("strategies, message", [
+    ("ew,bogus", "unknown weighting strategy 'bogus'; known: "),
+    ("ew,famo", "config.weighting.c is a hyperparameter of none of ew, famo"),
+    (" , ", "--strategies is empty"),
+])
+def test_bad_strategies_refused_before_training(tmp_path, strategies, message):
+    def never(*args, **kwargs):
+        pytest.fail("trained despite a bad strategy list")
+
+    with pytest.raises(ValueError, match=message):
+        dm.run_experiment(_config(0.25), str(tmp_path / "dm"), strategies, train_fn=never,
+                          eval_fn=never)
+    assert not os.path.exists(tmp_path / "dm")
+
+
+def test_cli_refuses_unknown_strategy_before_training(tmp_path):
+    workdir = tmp_path / "dm"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mtlgen_jax.experiments.delta_m",
+         "--config", "configs/default.py:tiny", "--workdir", str(workdir),
+         "--strategies", "ew,bogus", "--config.dataset.data_dir", str(tmp_path / "tfds")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "unknown weighting strategy 'bogus'; known: " in proc.stderr
+    assert not workdir.exists()
+
+
+# --- the toy --------------------------------------------------------------------------
+def test_toy_objectives_respect_their_lower_bounds():
+    axis = np.linspace(-10, 10, 201, dtype=np.float32)
+    grid = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2)
+    for scale in (1.0, 0.1):
+        f = np.asarray(toy.objectives(grid, scale))
+        assert np.all(f > toy.lower_bounds(scale))
+        # The bowls' minima: f1 near (7, -8), f2 near (-7, -8), about -20 * (scale, 1).
+        assert np.allclose(f.min(0), [-20 * scale, -20], rtol=2e-3)
+
+
+def test_toy_pareto_set_is_the_lower_compromise_curve():
+    pareto = toy.pareto_set(0.1, resolution=401)
+    assert pareto[:, 0].min() == pytest.approx(-7.0, abs=0.06)
+    assert pareto[:, 0].max() == pytest.approx(7.0, abs=0.06)
+    assert np.all((pareto[:, 1] > -8.6) & (pareto[:, 1] < -8.0))
+
+
+def test_toy_ew_converges_to_the_closed_form_minimiser_of_the_sum():
+    # Below x2 = 0 the loss is c2(x2) (q1 scale + q2): its x1-minimiser is
+    # 7 (scale - 1) / (scale + 1) whatever x2.
+    trajs = toy.trajectories("ew", [(0.0, -1.0), (-7.5, -0.5)], steps=1500, lr=0.02)
+    assert trajs.shape == (2, 1501, 2)
+    np.testing.assert_allclose(trajs[:, -1, 0], 7 * (0.1 - 1) / 1.1, atol=0.05)
+    compiled = toy._trajectories._cache_size()
+    toy.trajectories("ew", [(1.0, -2.0), (3.0, -1.0)], steps=1500, lr=0.02)
+    assert toy._trajectories._cache_size() == compiled  # one jitted scan per setting
+
+
+@pytest.mark.parametrize("name", ["mgda", "cagrad"])
+def test_toy_mgda_and_cagrad_end_on_the_pareto_set(name):
+    starts = [(0.0, 0.0), (-7.5, -0.5), (9.0, -1.0)]  # CAGrad's starts in the lower half
+    trajs = toy.trajectories(name, starts, steps=3000, lr=0.5, optimizer="sgd")
+    pareto = toy.pareto_set(0.1, resolution=401)
+    start_dist = toy.distance_to_set(np.asarray(starts), pareto)
+    end_dist = toy.distance_to_set(trajs[:, -1], pareto)
+    assert np.all(start_dist > 5.0)
+    assert np.all(end_dist < 0.15), end_dist
+    if name == "cagrad":  # c < 1: converges to the minimiser of the average loss
+        np.testing.assert_allclose(trajs[:, -1, 0], 7 * (0.1 - 1) / 1.1, atol=0.05)
+    else:  # MGDA stops at the first Pareto-stationary point: different ones here
+        assert np.ptp(trajs[:, -1, 0]) > 2.0
+
+
+def test_toy_figure_and_cli(tmp_path):
+    out = str(tmp_path / "toy.png")
+    seconds = toy.make_figure(out, ["ew", "pcgrad"], steps=20)
+    assert set(seconds) == {"ew", "pcgrad"}
+    from PIL import Image
+
+    w, h = Image.open(out).size
+    assert w >= 2 * 280 and h >= 280
+    with pytest.raises(SystemExit):  # argparse's error exit, before anything runs
+        toy.main(["--out", str(tmp_path / "bad.png"), "--strategies", "ew,bogus"])
+    assert not os.path.exists(tmp_path / "bad.png")
+    assert math.isfinite(seconds["ew"])

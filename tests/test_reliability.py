@@ -1,0 +1,186 @@
+"""Runs that survive: kill/resume is bitwise identical, preemption, partial saves, NaNs."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from configs import default
+from mtlgen_jax import train, writers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 6
+
+
+def args_for(workdir, data_dir, *extra):
+    return [sys.executable, "launch.py", "--config", "configs/default.py:tiny",
+            "--workdir", str(workdir), f"--config.dataset.data_dir={data_dir}",
+            f"--config.num_train_steps={STEPS}", "--config.checkpoint_every_steps=2",
+            "--config.log_every_steps=1", "--config.eval.num_batches=0",
+            "--config.tasks.names=denoise,inpaint", *extra]
+
+
+def env():
+    return dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+                JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+
+
+def spawn(*a):
+    return subprocess.Popen(args_for(*a), cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_ok(proc, timeout=600):
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-4000:]
+    return err
+
+
+def wait_for_checkpoint(workdir, step, proc, timeout=300):
+    path = os.path.join(workdir, "checkpoints", str(step))
+    t0 = time.time()
+    while not os.path.exists(os.path.join(path, "_CHECKPOINT_METADATA")):
+        assert proc.poll() is None, proc.communicate()[1][-4000:]
+        assert time.time() - t0 < timeout
+        time.sleep(0.2)
+
+
+def final_state(workdir, data_dir):
+    cfg = config(data_dir)
+    state, position = train.Trainer(cfg, str(workdir)).initial_state()
+    return jax.device_get(state), position
+
+
+def losses_by_step(workdir):
+    rows = {}
+    for r in writers.read_metrics(str(workdir)):
+        if "loss" in r:
+            rows[r["step"]] = [r["loss/denoise"], r["loss/inpaint"]]  # last row of a step wins
+    return rows
+
+
+def config(data_dir, **kw):
+    c = default.get_config("tiny")
+    c.dataset.data_dir = str(data_dir)
+    c.num_train_steps = STEPS
+    c.checkpoint_every_steps = 2
+    c.log_every_steps = 1
+    c.eval.num_batches = 0
+    c.tasks.names = "denoise,inpaint"
+    for k, v in kw.items():
+        node = c
+        *path, last = k.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = v
+    return c
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tfds")
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, data_dir):
+    """Two uninterrupted runs (determinism) and one killed with SIGKILL after step 2."""
+    root = tmp_path_factory.mktemp("rel")
+    a, a2, b = root / "a", root / "a2", root / "b"
+    procs = [spawn(a, data_dir), spawn(a2, data_dir),
+             spawn(b, data_dir, "--config.debug.step_delay_s=1.0")]
+    wait_for_checkpoint(str(b), 2, procs[2])
+    procs[2].send_signal(signal.SIGKILL)
+    procs[2].wait()
+    wait_ok(procs[0])
+    wait_ok(procs[1])
+    assert not os.path.exists(os.path.join(b, "checkpoints", str(STEPS)))
+    wait_ok(spawn(b, data_dir))  # resume to the end
+    return a, a2, b
+
+
+def test_determinism(straight, data_dir):
+    a, a2, _ = straight
+    chex.assert_trees_all_equal(final_state(a, data_dir)[0], final_state(a2, data_dir)[0])
+    assert losses_by_step(a) == losses_by_step(a2)
+
+
+def test_kill_and_resume_is_bitwise_identical(straight, data_dir):
+    a, _, b = straight
+    (sa, pa), (sb, pb) = final_state(a, data_dir), final_state(b, data_dir)
+    assert int(sb.step) == STEPS and pa == pb == STEPS
+    # params, optimizer state, EMA, weighting state, rng: all bitwise equal.
+    chex.assert_trees_all_equal(sa, sb)
+    la, lb = losses_by_step(a), losses_by_step(b)
+    assert sorted(la) == list(range(1, STEPS + 1))
+    assert la == lb
+
+
+def test_sigterm_saves_and_continues(tmp_path, data_dir):
+    proc = spawn(tmp_path / "p", data_dir, "--config.debug.step_delay_s=1.0")
+    wait_for_checkpoint(str(tmp_path / "p"), 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    err = wait_ok(proc)
+    assert "preempted at step" in err
+    steps = sorted(int(s) for s in os.listdir(tmp_path / "p" / "checkpoints") if s.isdigit())
+    assert steps[-1] > 2 and steps[-1] < STEPS  # saved at the step it was stopped
+    err = wait_ok(spawn(tmp_path / "p", data_dir))
+    assert int(final_state(tmp_path / "p", data_dir)[0].step) == STEPS
+
+
+def test_partial_checkpoint_is_removed_and_previous_restored(straight, data_dir, tmp_path,
+                                                              caplog):
+    src = straight[0]
+    work = tmp_path / "w"
+    shutil.copytree(src, work)
+    ck = work / "checkpoints"
+    shutil.rmtree(ck / str(STEPS))
+    # A save of step 6 that died before orbax renamed its temporary directory.
+    shutil.copytree(ck / "4", ck / f"{STEPS}.orbax-checkpoint-tmp-1795750000000000")
+    trainer = train.Trainer(config(data_dir), str(work))
+    assert "partial checkpoint" in caplog.text
+    state, position = trainer.initial_state()
+    assert int(state.step) == 4 and position == 4
+    assert not any("tmp" in n for n in os.listdir(ck))
+    trainer.run()
+    assert int(final_state(work, data_dir)[0].step) == STEPS
+
+
+def test_nan_halts_and_keeps_last_good_checkpoint(tmp_path, data_dir):
+    cfg = config(data_dir, **{"debug.nan_step": 3, "debug.nan_task": "inpaint"})
+    with pytest.raises(FloatingPointError, match=r"step 4: the loss of task\(s\) inpaint"):
+        train.train_and_evaluate(cfg, str(tmp_path / "n"))
+    steps = sorted(int(s) for s in os.listdir(tmp_path / "n" / "checkpoints") if s.isdigit())
+    assert steps == [2]
+    state, _ = final_state(tmp_path / "n", data_dir)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+
+
+def test_nan_skip_leaves_state_bitwise_unchanged(tmp_path, data_dir):
+    work = str(tmp_path / "s")
+    train.train_and_evaluate(config(data_dir, num_train_steps=2), work)
+    before, _ = final_state(work, data_dir)
+    cfg = config(data_dir, num_train_steps=3, checkpoint_every_steps=1,
+                 **{"debug.nan_step": 2, "debug.nan_task": "denoise",
+                    "nonfinite.policy": "skip"})
+    train.train_and_evaluate(cfg, work)
+    after, position = final_state(work, data_dir)
+    assert int(after.step) == 3 and position == 3 and int(after.skipped) == 1
+    for field in ("params", "opt_state", "ema_params", "weighting_state"):
+        chex.assert_trees_all_equal(getattr(before, field), getattr(after, field))
+    row = [r for r in writers.read_metrics(work) if r.get("step") == 3 and "loss" in r][-1]
+    assert row["skipped"] == 1 and row["skipped_total"] == 1
+
+
+def test_nan_skip_halts_after_max_consecutive(tmp_path, data_dir):
+    cfg = config(data_dir, **{"debug.nan_step": 1, "debug.nan_task": "denoise",
+                              "nonfinite.policy": "skip",
+                              "nonfinite.max_consecutive_skips": 1})
+    with pytest.raises(FloatingPointError, match="in a row skipped"):
+        train.train_and_evaluate(cfg, str(tmp_path / "m"))
