@@ -61,7 +61,8 @@ class StepConfig:
     ema_decay: float
     learning_rate_fn: Any
     nonfinite: str = "halt"  # 'halt' | 'skip' (see train.py)
-    nan_step: int = -1  # testing hook: make one task's loss NaN at this step
+    nan_step: int = -1  # testing hook: make one task's loss NaN from this step on ...
+    nan_count: int = 1  # ... for this many steps
     nan_task: int = -1
 
     @property
@@ -202,10 +203,12 @@ def combine_gradients(cfg: StepConfig, params, vjp_fn, losses, wstate, key):
 
 
 def _inject_nan(cfg: StepConfig, losses: jax.Array, step: jax.Array) -> jax.Array:
-    """Testing hook: task ``nan_task``'s loss (and so its gradient) is NaN at ``nan_step``."""
+    """Testing hook: task ``nan_task``'s loss (and so its gradient) is NaN at steps
+    ``nan_step .. nan_step + nan_count - 1``."""
     if cfg.nan_step < 0:
         return losses
-    hit = (step == cfg.nan_step) & (jnp.arange(losses.shape[0]) == cfg.nan_task)
+    at = (step >= cfg.nan_step) & (step < cfg.nan_step + cfg.nan_count)
+    hit = at & (jnp.arange(losses.shape[0]) == cfg.nan_task)
     return losses * jnp.where(hit, jnp.nan, 1.0)
 
 
