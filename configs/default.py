@@ -82,6 +82,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
     c.weighting = ml_collections.ConfigDict()
     c.weighting.name = "ew"  # see mtlgen_jax.weighting.NAMES
+    c.weighting.hparams = ""  # the strategy's hyperparameters, e.g. "c=0.4,num_iters=50"
 
     c.parallel = ml_collections.ConfigDict()
     c.parallel.backend = "shard_map"  # 'shard_map' | 'pmap'

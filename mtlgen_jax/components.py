@@ -83,6 +83,25 @@ def build_optimizer(config) -> tuple[optax.GradientTransformation, Any]:
     return tx, lr_fn
 
 
+def weighting_hparams(wcfg) -> dict:
+    """The strategy's hyperparameters: extra keys of ``config.weighting`` (config files)
+    plus ``weighting.hparams``, a "key=value,key=value" string (the command line, where
+    a locked config takes no new keys), e.g. ``--config.weighting.hparams=c=0.4``."""
+    import ast
+
+    out = {k: v for k, v in wcfg.items() if k not in ("name", "hparams")}
+    for item in filter(None, (x.strip() for x in str(wcfg.get("hparams", "")).split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"weighting.hparams={wcfg.hparams!r}: write key=value pairs "
+                             "separated by commas, e.g. 'c=0.4,num_iters=50'.")
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()
+    return out
+
+
 def build(config, info) -> Components:
     """All checks on ``config`` and the pieces of a run (no compilation happens here)."""
     _positive(config, "batch_size", "num_train_steps", "learning_rate", "log_every_steps",
@@ -102,7 +121,7 @@ def build(config, info) -> Components:
     task_list = tasks.create_all(config.tasks, channels=info.channels, image_size=info.image_size,
                                  num_classes=info.num_classes or 0)
     mixture_counts([t.weight for t in task_list], config.batch_size)  # every task gets examples
-    hparams = {k: v for k, v in config.weighting.items() if k != "name"}
+    hparams = weighting_hparams(config.weighting)
     strategy = weighting.create(config.weighting.name, len(task_list), **hparams)
     schedule = diffusion.get_schedule(config.diffusion.schedule)
     model = MultiTaskModel(

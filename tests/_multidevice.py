@@ -48,6 +48,8 @@ from mtlgen_jax.step import train_step  # noqa: E402
 cfg = default.get_config("tiny")
 cfg.batch_size = args.batch
 cfg.weighting.name = args.weighting
+if args.weighting == "mgda":
+    cfg.weighting.hparams = "num_iters=50"  # also exercises the hparams string
 cfg.dtype = args.dtype
 cfg.learning_rate = args.lr
 cfg.num_train_steps = 100

@@ -60,6 +60,8 @@ def runs():
         "sm1": start("--devices", 1, "--backend", "shard_map"),
         "sm8": start("--devices", 8, "--backend", "shard_map"),
         "pm8": start("--devices", 8, "--backend", "pmap"),
+        "mgda1": start("--devices", 1, "--weighting", "mgda"),
+        "mgda8": start("--devices", 8, "--weighting", "mgda"),
     }
     return {k: finish(p) for k, p in procs.items()}
 
@@ -67,6 +69,12 @@ def runs():
 def test_one_device_equals_eight(runs):
     assert runs["sm1"]["devices"] == 1 and runs["sm8"]["devices"] == 8
     assert_same_run(runs["sm1"], runs["sm8"])
+
+
+def test_gradient_strategy_one_device_equals_eight(runs):
+    """Per-task gradients are averaged over devices before MGDA combines them."""
+    assert_same_run(runs["mgda1"], runs["mgda8"])
+    assert runs["mgda8"]["losses"] != runs["sm8"]["losses"]  # MGDA really changed the run
 
 
 def test_shard_map_equals_pmap(runs):
