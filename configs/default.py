@@ -22,6 +22,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.seed = 0
     c.batch_size = 32  # global, over all devices of all hosts
     c.num_train_steps = 800
+    c.grad_accum_steps = 1  # micro-batches per device per step (a batch larger than memory)
     c.learning_rate = 2e-3
     c.end_learning_rate_factor = 0.05  # cosine decays to this fraction of the peak
     c.warmup_steps = 100

@@ -40,6 +40,7 @@ class Components:
             discrete_steps=config.diffusion.discrete_steps or None,
             global_batch=config.batch_size, ema_decay=config.ema_decay,
             learning_rate_fn=self.learning_rate_fn, nonfinite=config.nonfinite.policy,
+            grad_accum_steps=config.grad_accum_steps,
             nan_step=config.debug.nan_step, nan_count=config.debug.nan_count,
             nan_task=(self.task_names.index(config.debug.nan_task)
                       if config.debug.nan_task else -1),

@@ -22,9 +22,14 @@ from mtlgen_jax.step import AXIS
 BACKENDS = ("shard_map", "pmap")
 
 
-def check_batch(global_batch: int) -> tuple[int, int]:
+def check_batch(global_batch: int, grad_accum_steps: int = 1) -> tuple[int, int]:
     """Returns (per-process, per-device) batch sizes, or a clear error."""
     n_dev, n_proc = jax.device_count(), jax.process_count()
+    if grad_accum_steps < 1 or (global_batch // max(n_dev, 1)) % grad_accum_steps:
+        raise ValueError(
+            f"grad_accum_steps={grad_accum_steps} must be >= 1 and divide the per-device batch "
+            f"{global_batch // max(n_dev, 1)} (batch_size={global_batch} over {n_dev} devices)."
+        )
     if global_batch % n_dev:
         raise ValueError(
             f"batch_size={global_batch} is not divisible by the {n_dev} devices "

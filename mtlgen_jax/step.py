@@ -60,6 +60,7 @@ class StepConfig:
     global_batch: int
     ema_decay: float
     learning_rate_fn: Any
+    grad_accum_steps: int = 1  # micro-batches per device per step
     nonfinite: str = "halt"  # 'halt' | 'skip' (see train.py)
     nan_step: int = -1  # testing hook: make one task's loss NaN from this step on ...
     nan_count: int = 1  # ... for this many steps
@@ -151,22 +152,27 @@ def make_inputs(cfg: StepConfig, x0, labels, task_id, keys, *, train: bool):
     return cond, x_t, t, target, mask, model_labels
 
 
-def task_losses(cfg: StepConfig, params, batch, step_key, *, train: bool = True):
-    """Per-task losses [K] of this device's examples, normalised by GLOBAL task counts.
-
-    ``psum`` over devices of the result is the exact per-task mean of the global batch.
-    """
-    images, labels = batch["image"], batch["label"]
-    b = images.shape[0]
-    k_assign, k_ex, k_drop = jax.random.split(step_key, 3)
+def prepare_batch(cfg: StepConfig, batch, step_key):
+    """Adds each example's task id and random keys (from its GLOBAL index) to the batch."""
+    b = batch["image"].shape[0]
+    k_assign, k_ex = jax.random.split(step_key)
     task_id = assign_tasks(cfg, k_assign, b)
-    keys = jax.vmap(lambda k: jax.random.split(k, 4))(example_keys(k_ex, b))
-    x0 = to_float(images)
-    cond, x_t, t, target, mask, model_labels = make_inputs(cfg, x0, labels, task_id, keys,
-                                                           train=train)
-    drop_key = jax.random.fold_in(k_drop, jax.lax.axis_index(AXIS))
+    keys = jax.vmap(lambda k: jax.random.split(k, 4))(example_keys(k_ex, b))  # [B, 4]
+    return dict(batch, task_id=task_id, keys=keys)
+
+
+def task_losses(cfg: StepConfig, params, batch, dropout_key, *, train: bool = True):
+    """Per-task losses [K] of a prepared (micro)batch, normalised by GLOBAL task counts.
+
+    Summed over micro-batches and ``psum``-ed over devices, this is the exact per-task
+    mean of the global batch.
+    """
+    task_id = batch["task_id"]
+    x0 = to_float(batch["image"])
+    cond, x_t, t, target, mask, model_labels = make_inputs(cfg, x0, batch["label"], task_id,
+                                                           batch["keys"], train=train)
     pred = cfg.model.apply({"params": params}, x_t, cond, t, task_id, model_labels, train=train,
-                           rngs={"dropout": drop_key})
+                           rngs={"dropout": dropout_key})
     l2 = diffusion.loss(pred, target, mask, kind="l2")
     l1 = diffusion.loss(pred, target, mask, kind="l1")
     use_l1 = jnp.asarray([tk.loss == "l1" for tk in cfg.tasks])[task_id]
@@ -176,30 +182,69 @@ def task_losses(cfg: StepConfig, params, batch, step_key, *, train: bool = True)
     return (onehot.T @ per_ex) / counts, Outputs(loss=per_ex, task_id=task_id)
 
 
-def _is_head(path: str) -> bool:
-    return path.startswith("head_")
+def _micro(batch, n: int):
+    """[B, ...] leaves -> [n, B/n, ...] (micro-batches for gradient accumulation)."""
+    return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
 
 
-def combine_gradients(cfg: StepConfig, params, vjp_fn, losses, wstate, key):
-    """Turns per-task losses into one gradient through the weighting strategy.
+def _accumulate(fn, micro, init):
+    """Sums ``fn(i, microbatch)`` over micro-batches with a scan (one compiled body)."""
+    def body(acc, xs):
+        i, mb = xs
+        return jax.tree.map(jnp.add, acc, fn(i, mb)), None
 
-    Loss-only strategies give weights, and one VJP with the weights as the
-    cotangent gives the combined gradient. Gradient strategies get the per-task
-    gradients of the shared backbone (a vmapped VJP: one forward pass, K
-    backward passes in one batched computation), averaged over devices; each
-    head keeps its own task's gradient.
+    n = jax.tree.leaves(micro)[0].shape[0]
+    return jax.lax.scan(body, init, (jnp.arange(n), micro))[0]
+
+
+def losses_and_gradients(cfg: StepConfig, params, batch, loss_fn, wstate, key):
+    """Per-task losses [K] (global) and the combined gradient, via the weighting strategy.
+
+    Loss-only strategies give weights, and a VJP with the weights as the cotangent
+    gives the combined gradient. Gradient strategies get the per-task gradients of
+    the shared backbone (a vmapped VJP: one forward pass, K backward passes in one
+    batched computation), summed over devices first; each head keeps its own
+    task's gradient. With ``grad_accum_steps`` > 1 the local batch is processed in
+    micro-batches (a ``lax.scan``): per-task gradients are accumulated exactly; a
+    loss weighting first needs the whole batch's losses, so it costs one extra
+    forward pass.
     """
-    k = len(cfg.tasks)
-    if not cfg.strategy.uses_task_grads:
-        out = cfg.strategy.apply(losses, None, wstate, key)
-        (grads,) = vjp_fn(out.weights.astype(losses.dtype))
-        return jax.lax.psum(grads, AXIS), out
-    (task_grads,) = jax.vmap(vjp_fn)(jnp.eye(k, dtype=losses.dtype))  # leaves [K, ...]
+    k, n = len(cfg.tasks), cfg.grad_accum_steps
+    eye = jnp.eye(k, dtype=jnp.float32)
+    if n == 1:
+        local, vjp_fn = jax.vjp(lambda p: loss_fn(p, batch, 0), params)
+        losses = jax.lax.psum(local, AXIS)
+        if not cfg.strategy.uses_task_grads:
+            out = cfg.strategy.apply(losses, None, wstate, key)
+            return losses, jax.lax.psum(vjp_fn(out.weights.astype(local.dtype))[0], AXIS), out
+        task_grads = jax.vmap(vjp_fn)(eye)[0]  # leaves [K, ...]
+    else:
+        micro = _micro(batch, n)
+        zeros_k = jnp.zeros((k,), jnp.float32)
+        if not cfg.strategy.uses_task_grads:
+            losses = jax.lax.psum(_accumulate(lambda i, mb: loss_fn(params, mb, i), micro,
+                                              zeros_k), AXIS)
+            out = cfg.strategy.apply(losses, None, wstate, key)
+            w = out.weights.astype(jnp.float32)
+
+            def weighted_grad(i, mb):
+                return jax.grad(lambda p: jnp.dot(w, loss_fn(p, mb, i)))(params)
+
+            grads = _accumulate(weighted_grad, micro, jax.tree.map(jnp.zeros_like, params))
+            return losses, jax.lax.psum(grads, AXIS), out
+
+        def local_and_task_grads(i, mb):
+            local, vjp_fn = jax.vjp(lambda p: loss_fn(p, mb, i), params)
+            return local, jax.vmap(vjp_fn)(eye)[0]
+
+        zeros_g = jax.tree.map(lambda p: jnp.zeros((k,) + p.shape, p.dtype), params)
+        local, task_grads = _accumulate(local_and_task_grads, micro, (zeros_k, zeros_g))
+        losses = jax.lax.psum(local, AXIS)
     task_grads = jax.lax.psum(task_grads, AXIS)
     out = cfg.strategy.apply(losses, task_grads["backbone"], wstate, key)
     grads = {name: (out.update if name == "backbone" else jax.tree.map(lambda g: g.sum(0), sub))
              for name, sub in task_grads.items()}
-    return grads, out
+    return losses, grads, out
 
 
 def _inject_nan(cfg: StepConfig, losses: jax.Array, step: jax.Array) -> jax.Array:
@@ -221,15 +266,17 @@ def train_step(cfg: StepConfig, state: TrainState, batch) -> tuple[TrainState, d
     'halt' the update is applied and the host loop stops before anything is saved.
     """
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    k_loss, k_weight = jax.random.split(step_key)
+    k_batch, k_drop, k_weight = jax.random.split(step_key, 3)
+    batch = prepare_batch(cfg, batch, k_batch)
+    k_drop = jax.random.fold_in(k_drop, jax.lax.axis_index(AXIS))
 
-    def loss_fn(p):
-        return _inject_nan(cfg, task_losses(cfg, p, batch, k_loss)[0], state.step)
+    def loss_fn(p, mb, i):
+        losses = task_losses(cfg, p, mb, jax.random.fold_in(k_drop, i))[0]
+        return _inject_nan(cfg, losses, state.step)
 
-    local_losses, vjp_fn = jax.vjp(loss_fn, state.params)
-    losses = jax.lax.psum(local_losses, AXIS)  # [K] exact global per-task means
-    grads, wout = combine_gradients(cfg, state.params, vjp_fn, losses, state.weighting_state,
-                                    k_weight)
+    # losses: [K] exact global per-task means; grads: the combined update direction.
+    losses, grads, wout = losses_and_gradients(cfg, state.params, batch, loss_fn,
+                                               state.weighting_state, k_weight)
     grad_norm = optax.global_norm(grads)
     finite = jnp.all(jnp.isfinite(losses)) & jnp.isfinite(grad_norm)
     updates, opt_state = cfg.optimizer.update(grads, state.opt_state, state.params)

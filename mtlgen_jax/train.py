@@ -47,7 +47,7 @@ class Trainer:
         self.info = data.get_info(config.dataset)
         self.comp = components.build(config, self.info)
         self.par = parallel.Parallel(config.parallel.backend)
-        self.host_batch, _ = parallel.check_batch(config.batch_size)
+        self.host_batch, _ = parallel.check_batch(config.batch_size, config.grad_accum_steps)
         self.is_main = jax.process_index() == 0
         self.ckpt = Checkpointer(workdir, every=config.checkpoint_every_steps,
                                  keep=config.keep_checkpoints)

@@ -23,6 +23,7 @@ parser.add_argument("--process_id", type=int, default=0)
 parser.add_argument("--num_processes", type=int, default=1)
 parser.add_argument("--port", type=int, default=0)
 parser.add_argument("--lr", type=float, default=2e-3)
+parser.add_argument("--accum", type=int, default=1)
 args = parser.parse_args()
 
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
@@ -52,6 +53,7 @@ if args.weighting == "mgda":
     cfg.weighting.hparams = "num_iters=50"  # also exercises the hparams string
 cfg.dtype = args.dtype
 cfg.learning_rate = args.lr
+cfg.grad_accum_steps = args.accum
 cfg.num_train_steps = 100
 cfg.tasks.names = "denoise,inpaint,super_resolve,colorize"
 info = DatasetInfo(name="synthetic", num_classes=None, channels=3, image_size=16, num_train=64,

@@ -62,6 +62,8 @@ def runs():
         "pm8": start("--devices", 8, "--backend", "pmap"),
         "mgda1": start("--devices", 1, "--weighting", "mgda"),
         "mgda8": start("--devices", 8, "--weighting", "mgda"),
+        "acc4": start("--devices", 2, "--accum", 4),
+        "mgda_acc2": start("--devices", 1, "--weighting", "mgda", "--accum", 2),
     }
     return {k: finish(p) for k, p in procs.items()}
 
@@ -75,6 +77,12 @@ def test_gradient_strategy_one_device_equals_eight(runs):
     """Per-task gradients are averaged over devices before MGDA combines them."""
     assert_same_run(runs["mgda1"], runs["mgda8"])
     assert runs["mgda8"]["losses"] != runs["sm8"]["losses"]  # MGDA really changed the run
+
+
+def test_gradient_accumulation_equals_one_big_batch(runs):
+    """2 devices x 4 micro-batches == 1 device x 1 batch (loss weighting and MGDA)."""
+    assert_same_run(runs["sm1"], runs["acc4"])
+    assert_same_run(runs["mgda1"], runs["mgda_acc2"])
 
 
 def test_shard_map_equals_pmap(runs):
