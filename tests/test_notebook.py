@@ -13,6 +13,7 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("MTLGEN_NOTEBOOK_WORKDIR", str(tmp_path / "run"))
     monkeypatch.setenv("MTLGEN_NOTEBOOK_DATA_DIR", str(tmp_path / "tfds"))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # fast compiles
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
     nb = nbformat.read(os.path.join(ROOT, "notebooks", "quickstart.ipynb"), as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3",
