@@ -7,7 +7,6 @@ float images in [-1, 1].
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import flax.struct
@@ -135,9 +134,3 @@ def get_class(name: str) -> type[Task]:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(names())}.")
     return _REGISTRY[name]
 
-
-def split_keys(rng: jax.Array, n: int) -> tuple[jax.Array, ...]:
-    return tuple(jax.random.split(rng, n))
-
-
-Degrade = Callable[[jax.Array, jax.Array], Condition]
