@@ -21,13 +21,14 @@ def get_config(variant: str = ""):
     c.dataset.name = "digits"
     c.dataset.image_size = 16
     c.batch_size = 64
-    c.num_train_steps = 2500
+    c.num_train_steps = 2000
     c.learning_rate = 2e-3
-    c.eval_every_steps = 1250
+    c.eval_every_steps = 2000
     c.checkpoint_every_steps = 500
     c.tasks.names = "generate,denoise,inpaint,super_resolve"
     c.tasks.generate = dict(weight=2.0, objective="diffusion", class_conditional="auto",
                             label_dropout=0.1)
+    c.warmup_steps = 100
     c.model.width = 32
     c.model.channel_mult = (1, 2, 2)
     c.model.num_res_blocks = 1

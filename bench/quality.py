@@ -1,0 +1,87 @@
+"""Quality targets: train a config (timed), evaluate it, compare with the targets.
+
+    python bench/quality.py --config configs/default.py --workdir runs/default --json q.json
+    python bench/quality.py --config configs/digits.py --workdir runs/digits --json d.json
+
+Runs ``launch.py`` (training resumes/skips if the workdir already finished; the
+wall time is only measured for a run trained here), reads the final evaluation
+row of ``metrics.jsonl`` and prints each task's metric, its baseline, the gain and
+the target:
+
+* photo_patches (default): denoise >= +5 dB PSNR over the noisy input,
+  super_resolve >= +1 dB over bicubic, inpaint >= +3 dB over the mean fill
+  (inside the hole), colorize >= +1 dB over the gray image;
+* digits: class-conditional samples classified as their label >= 90%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+GAIN_TARGETS_DB = {"denoise": 5.0, "super_resolve": 1.0, "inpaint": 3.0, "colorize": 1.0}
+ACCURACY_TARGET = 0.90
+
+
+def final_eval(workdir: str) -> dict:
+    from mtlgen_jax.writers import read_metrics
+
+    rows = [r for r in read_metrics(workdir) if any(k.startswith("eval/") for k in r)]
+    if not rows:
+        raise SystemExit(f"no evaluation in {workdir}/metrics.jsonl")
+    return rows[-1]
+
+
+def table(ev: dict) -> list[dict]:
+    out = []
+    for task, target in GAIN_TARGETS_DB.items():
+        if f"eval/{task}/psnr" in ev:
+            psnr, base = ev[f"eval/{task}/psnr"], ev[f"eval/{task}/psnr_baseline"]
+            out.append(dict(task=task, metric="psnr_db", value=psnr, baseline=base,
+                            gain=psnr - base, target=f">= +{target} dB",
+                            met=psnr - base >= target))
+    if "eval/generate/accuracy" in ev:
+        acc = ev["eval/generate/accuracy"]
+        out.append(dict(task="generate", metric="accuracy", value=acc,
+                        baseline=ev.get("eval/generate/accuracy_real"), gain=None,
+                        target=f">= {ACCURACY_TARGET:.0%}", met=acc >= ACCURACY_TARGET,
+                        frechet=ev.get("eval/generate/frechet")))
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--json", default=None)
+    p.add_argument("overrides", nargs="*", help="--config.KEY=VALUE overrides for launch.py")
+    args = p.parse_args()
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "--config", args.config,
+                    "--workdir", args.workdir, *args.overrides], check=True)
+    wall = time.perf_counter() - t0
+    ev = final_eval(args.workdir)
+    rows = table(ev)
+    print(f"\n{args.config} -> {args.workdir}: step {ev['step']}, wall time of this "
+          f"invocation {wall / 60:.1f} min\n")
+    print(f"{'task':<14}{'metric':<10}{'value':>9}{'baseline':>10}{'gain':>8}  target      met")
+    for r in rows:
+        gain = "" if r["gain"] is None else f"{r['gain']:+.2f}"
+        base = "" if r["baseline"] is None else f"{r['baseline']:.3f}"
+        print(f"{r['task']:<14}{r['metric']:<10}{r['value']:>9.3f}{base:>10}{gain:>8}  "
+              f"{r['target']:<11} {'yes' if r['met'] else 'NO'}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"config": args.config, "step": ev["step"], "wall_s": wall,
+                       "rows": rows, "eval": ev}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
