@@ -75,12 +75,7 @@ def config(data_dir, **kw):
     c.log_every_steps = 1
     c.eval.num_batches = 0
     c.tasks.names = "denoise,inpaint"
-    for k, v in kw.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
+    c.update_from_flattened_dict(kw)
     return c
 
 

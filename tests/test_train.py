@@ -30,12 +30,7 @@ def tiny_config(data_dir, **overrides):
     c.eval_every_steps = 100
     c.eval.sample_steps = 1
     c.eval.batch_size = 8
-    for key, value in overrides.items():
-        node = c
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
+    c.update_from_flattened_dict(overrides)
     return c
 
 
