@@ -1,14 +1,18 @@
-"""Default: four restoration tasks on the embedded `photo_patches`, on a CPU in ~10 minutes.
+"""Default: four restoration tasks on the embedded `photo_patches`, on a 2-core CPU in ~11 min.
 
     python launch.py --config configs/default.py --workdir runs/default
 
-One shared U-Net (width 32, 3 levels, ~1.6M parameters) with one head per task
+One shared U-Net (width 32, 3 levels, 1.12M parameters) with one head per task
 learns denoising, inpainting, 2x super-resolution and colorization of 32x32
 crops of scikit-image's photographs at once, as conditional diffusion models
 (Palette-style, v-prediction, cosine schedule), with equal task weights.
 Evaluation samples with 25-step DDIM on held-out photographs (chelsea, coffee)
 and prints PSNR/SSIM beside each task's trivial baseline; PNG grids
 (condition | output | target) go to `runs/default/samples/`.
+
+Expect (measured, README "Results"): denoise +2.1 dB and colorize +1.7 dB over
+their inputs; inpaint and 2x super-resolution stay below their mean-fill and
+bicubic baselines after this short a run.
 
 `get_config("tiny")` shrinks everything for smoke tests.
 """
