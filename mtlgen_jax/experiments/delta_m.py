@@ -48,6 +48,7 @@ from absl import logging
 
 from mtlgen_jax import weighting
 from mtlgen_jax import writers as writers_lib
+from mtlgen_jax.components import weighting_hparams
 
 # The metric Δm uses for each task (generate: only where the run reports it, i.e. digits).
 PRIMARY_METRIC = {"denoise": "psnr", "inpaint": "psnr", "super_resolve": "psnr",
@@ -183,9 +184,10 @@ def task_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 
 def strategy_hparams(weighting_cfg: ml_collections.ConfigDict, name: str) -> dict:
-    """The keys of `config.weighting` (besides `name`) that strategy `name` accepts."""
+    """The hyperparameters in `config.weighting` (extra keys and the `hparams` string)
+    that strategy `name` accepts."""
     accepted = set(weighting.hparam_names(name)) if name in weighting.NAMES else set()
-    return {k: v for k, v in weighting_cfg.items() if k != "name" and k in accepted}
+    return {k: v for k, v in weighting_hparams(weighting_cfg).items() if k in accepted}
 
 
 def parse_strategies(text: str | Sequence[str], config: ml_collections.ConfigDict) -> tuple:
@@ -203,7 +205,7 @@ def parse_strategies(text: str | Sequence[str], config: ml_collections.ConfigDic
     num_tasks = len(task_names(config))
     for name in names:
         weighting.create(name, num_tasks, **strategy_hparams(config.weighting, name))
-    extra = {k for k in config.weighting.keys() if k != "name"}
+    extra = set(weighting_hparams(config.weighting))
     unused = sorted(extra - {k for n in names for k in strategy_hparams(config.weighting, n)})
     if unused:
         raise ValueError(f"config.weighting.{unused[0]} is a hyperparameter of none of "
