@@ -39,6 +39,17 @@ from bench import common  # noqa: E402
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\S+.*?\s([a-z][\w\-]*)\(", re.M)
 
 
+def _operands(rest: str) -> list[str]:
+    """Instruction names in an operand list (``rest`` starts after the opcode's '(')."""
+    depth, end = 1, len(rest)
+    for i, ch in enumerate(rest):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0:
+            end = i
+            break
+    return re.findall(r"%([\w.\-]+)", rest[:end])
+
+
 class HloIndex:
     """Instruction name -> (opcode, op_name, python stack files/functions, fused ops)."""
 
@@ -46,6 +57,7 @@ class HloIndex:
         self.text = text
         self._tables()
         self.instr: dict[str, dict] = {}
+        self.users: dict[str, list[str]] = collections.defaultdict(list)
         self.fused_ops: dict[str, set[str]] = {}  # computation name -> opcodes inside
         first_meta: dict[str, tuple[str, int | None]] = {}  # computation -> a source inside
         comp = None
@@ -65,6 +77,8 @@ class HloIndex:
                 self.fused_ops[comp].add(opcode)
                 if op_name and (comp not in first_meta or opcode in ("convolution", "dot")):
                     first_meta[comp] = (op_name.group(1), int(frame.group(1)) if frame else None)
+            for operand in _operands(line[m.end():]):
+                self.users[operand].append(name)
             calls = re.search(r"calls=%?([\w.\-]+)", line)
             kind = re.search(r'"kind":"(\w+)"', line)
             self.instr[name] = {
@@ -123,10 +137,24 @@ class HloIndex:
         return bool(inner & {"convolution", "dot"})
 
 
-def categorize(index: HloIndex, name: str) -> str:
+WGRAD = "model backward: conv/dot (weight gradients, rewritten by XLA)"
+
+
+def categorize(index: HloIndex, name: str, depth: int = 0) -> str:
     info = index.instr.get(name)
     if info is None:
         return "runtime (executor, untracked)"
+    if not info["op_name"] and info["frame"] is None:
+        # No source: XLA made it (layout copies, weight-gradient convolutions, ...).
+        if index.is_matmul(info):
+            return WGRAD
+        for user in index.users.get(name, [])[:4]:
+            cat = categorize(index, user, depth + 1) if depth < 3 else None
+            if cat == WGRAD:
+                return "model backward: layout transposes feeding weight-gradient convs"
+            if cat and not cat.startswith(("runtime", "layout", "other")):
+                return cat
+        return "layout copies/transposes (inserted by XLA)"
     files = [f for f, _ in index.stack(info["frame"])]
     funcs = [fn for _, fn in index.stack(info["frame"])]
     op = info["op_name"]
@@ -134,7 +162,7 @@ def categorize(index: HloIndex, name: str) -> str:
     if in_model:
         phase = "backward" if "transpose(jvp(" in op else "forward"
         if index.is_matmul(info):
-            part = "conv/dot"
+            part = "conv/dot" if phase == "forward" else "conv/dot (input gradients)"
         elif any("normalization.py" in f for f in files) or "GroupNorm" in op:
             part = "GroupNorm"
         elif any("attention.py" in f for f in files):

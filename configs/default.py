@@ -40,6 +40,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.eval_every_steps = 700  # evaluation (and PNG grids) at the end only: it costs ~2 min
     c.checkpoint_every_steps = 200
     c.keep_checkpoints = 3
+    c.async_checkpoints = True  # write checkpoints in a background thread
 
     # Non-finite loss or gradient: 'halt' (stop with an error naming the step and
     # task; the last good checkpoint stays) or 'skip' (drop the update, count it,

@@ -49,8 +49,10 @@ class Trainer:
         self.par = parallel.Parallel(config.parallel.backend)
         self.host_batch, _ = parallel.check_batch(config.batch_size, config.grad_accum_steps)
         self.is_main = jax.process_index() == 0
+        workdir_lib.check_writable(workdir)
         self.ckpt = Checkpointer(workdir, every=config.checkpoint_every_steps,
-                                 keep=config.keep_checkpoints)
+                                 keep=config.keep_checkpoints,
+                                 async_save=config.async_checkpoints)
         workdir_lib.prepare(workdir, config, has_checkpoint=self.ckpt.latest_step() is not None,
                             write=self.is_main)
         self.skipped_total = 0

@@ -22,16 +22,8 @@ def _get(d: dict, dotted: str):
     return d
 
 
-def prepare(workdir: str, config: ml_collections.ConfigDict, *, has_checkpoint: bool,
-            write: bool) -> None:
-    """Creates ``workdir`` (or errors clearly), refuses an incompatible resume, saves the config.
-
-    Args:
-      workdir: the run directory.
-      config: the run's config.
-      has_checkpoint: whether ``workdir`` already holds checkpoints (a resume).
-      write: whether this process writes files (process 0).
-    """
+def check_writable(workdir: str) -> None:
+    """Creates ``workdir``, or raises a clear error if it cannot be created or written."""
     try:
         os.makedirs(workdir, exist_ok=True)
     except OSError as e:
@@ -40,6 +32,18 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, *, has_checkpoint: 
     if not os.access(workdir, os.W_OK | os.X_OK):
         raise ValueError(f"--workdir={workdir} is not writable; choose a directory you can "
                          "write to, or fix its permissions.")
+
+
+def prepare(workdir: str, config: ml_collections.ConfigDict, *, has_checkpoint: bool,
+            write: bool) -> None:
+    """Refuses an incompatible resume and saves the config (after ``check_writable``).
+
+    Args:
+      workdir: the run directory.
+      config: the run's config.
+      has_checkpoint: whether ``workdir`` already holds checkpoints (a resume).
+      write: whether this process writes files (process 0).
+    """
     path = os.path.join(workdir, CONFIG_FILE)
     new = json.loads(config.to_json())  # same types as the saved file (tuples -> lists)
     if has_checkpoint and os.path.exists(path):

@@ -30,6 +30,9 @@ def tiny_config(data_dir, **overrides):
     c.eval_every_steps = 100
     c.eval.sample_steps = 1
     c.eval.batch_size = 8
+    # In-process runs evaluate right after the final save; under a loaded CPU orbax's
+    # background array-metadata thread was seen to race its own commit (ENOENT).
+    c.async_checkpoints = False
     c.update_from_flattened_dict(overrides)
     return c
 
