@@ -8,6 +8,7 @@ pipeline are used exactly as ``train.py`` uses them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import json
@@ -36,10 +37,31 @@ def load_config(name: str = "default", variant: str = ""):
     return importlib.import_module(f"configs.{name}").get_config(variant)
 
 
-def synthetic_info(config, *, num_classes: int | None = None, channels: int = 3):
-    """A DatasetInfo for synthetic batches: nothing is read, prepared or downloaded."""
-    from mtlgen_jax.data import DatasetInfo
+@dataclasses.dataclass(frozen=True)
+class _Info:
+    """The fields of ``mtlgen_jax.data.DatasetInfo``, for hosts without TensorFlow."""
 
+    name: str
+    num_classes: int | None
+    channels: int
+    image_size: int
+    num_train: int
+    num_test: int
+    train_split: str
+    test_split: str
+
+
+def synthetic_info(config, *, num_classes: int | None = None, channels: int = 3):
+    """A DatasetInfo for synthetic batches: nothing is read, prepared or downloaded.
+
+    ``mtlgen_jax.data`` imports TensorFlow; where it is missing (the GPU image),
+    a dataclass with the same fields stands in (the model, tasks and step only
+    read these fields).
+    """
+    try:
+        from mtlgen_jax.data import DatasetInfo
+    except ImportError:
+        DatasetInfo = _Info  # noqa: N806
     return DatasetInfo(name="synthetic", num_classes=num_classes, channels=channels,
                        image_size=config.dataset.image_size, num_train=1024, num_test=64,
                        train_split="train", test_split="test")
@@ -95,6 +117,11 @@ class StepBench:
     def compiled(self, batch):
         """The AOT-compiled step for ``batch``'s shapes (a separate compile, same HLO)."""
         return self.step.lower(self.state, batch).compile()
+
+    def step_flops(self, compiled) -> float | None:
+        """FLOPs of one step over ALL devices (cost analysis counts one device's program)."""
+        flops = cost_flops(compiled)
+        return flops * self.par.num_devices if flops else None
 
     def run(self, batches: Sequence[Any], steps: int) -> list[float]:
         """Runs ``steps`` steps (cycling ``batches``); seconds of each, each one blocked on."""
@@ -227,10 +254,10 @@ def machine() -> dict[str, Any]:
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    if "torch" in sys.modules:
-        info["torch"] = sys.modules["torch"].__version__
-    if "tensorflow" in sys.modules:
-        info["tensorflow"] = sys.modules["tensorflow"].__version__
+    for name in ("torch", "tensorflow"):  # only when this run imported them
+        version = getattr(sys.modules.get(name), "__version__", None)
+        if version:
+            info[name] = version
     return info
 
 

@@ -188,7 +188,7 @@ class Variant:
                 stack.enter_context(patch())
             self.compiled = self.bench.compiled(self.batches[0])
         self.compile_s = time.perf_counter() - t0
-        self.flops = common.cost_flops(self.compiled)
+        self.flops = self.bench.step_flops(self.compiled)
         # The same seeded state and batches for every variant: their results must agree.
         self.check_metrics = [jax.device_get(self.step(i)) for i in range(check_steps)]
         self.check_params = jax.device_get(self.bench.par.unreplicate(self.bench.state).params)

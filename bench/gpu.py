@@ -62,7 +62,7 @@ def measure_step(config, *, steps: int, warmup: int) -> dict:
     t0 = time.perf_counter()
     compiled = bench.compiled(batches[0])
     compile_s = time.perf_counter() - t0
-    flops = common.cost_flops(compiled)
+    flops = bench.step_flops(compiled)
     state = bench.state
     for i in range(warmup):
         state, metrics = compiled(state, batches[i % 2])

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
+import os
 import re
 import sys
 import tempfile
@@ -253,6 +254,9 @@ def main(argv=None) -> dict:
         by_cat[categorize(index, name)] += secs / args.steps
     total = sum(by_cat.values())
     rows = sorted(by_cat.items(), key=lambda kv: -kv[1])
+    busy = total / wall  # thunk seconds per wall second: how many XLA threads work at once
+    print(f"XLA threads busy on average: {busy:.2f} of {os.cpu_count()} CPUs "
+          "(thunk time / wall time while traced)")
     common.print_table([[c, s * 1e3, 100 * s / total] for c, s in rows],
                        ["part of the step", "ms/step (thunk time)", "%"],
                        title=f"train step, batch {config.batch_size}: {wall * 1e3:.0f} ms/step "
@@ -272,6 +276,7 @@ def main(argv=None) -> dict:
         "step_wall_s_traced": wall,
         "step_time_s_untraced": untraced,
         "thunk_seconds_per_step": total,
+        "average_busy_threads": busy,
         "by_category_s": dict(rows),
         "by_group_s": dict(grouped),
         "top_thunks": [{"name": n, "s_per_step": s / args.steps,

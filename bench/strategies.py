@@ -87,13 +87,15 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         compiled = runs[name].pop("lowered").compile()
         secs = time.perf_counter() - t0
-        print(f"{name}: compiled in {secs:.1f}s", flush=True)
+        sys.stdout.write(f"{name}: compiled in {secs:.1f}s\n")  # one write: threads interleave
+        sys.stdout.flush()
         return name, compiled, secs
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(args.compile_threads or os.cpu_count() or 1) as pool:
         for name, compiled, secs in pool.map(compile_one, list(runs)):
-            runs[name].update(compiled=compiled, compile_s=secs, flops=common.cost_flops(compiled))
+            runs[name].update(compiled=compiled, compile_s=secs,
+                              flops=runs[name]["bench"].step_flops(compiled))
     compile_wall = time.perf_counter() - t0
 
     def step(run, i):

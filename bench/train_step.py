@@ -77,7 +77,7 @@ class JaxContender:
         t0 = time.perf_counter()
         self.compiled = self.bench.compiled(self.batches[0])
         self.compile_s = time.perf_counter() - t0
-        self.flops_per_step = common.cost_flops(self.compiled)
+        self.flops_per_step = self.bench.step_flops(self.compiled)
         self.i = 0
 
     def step(self):

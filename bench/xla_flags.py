@@ -38,8 +38,14 @@ VARIANTS = {
         "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED",
     # Changes rounding (no NaN/Inf guarantees): listed to show what it would buy.
     "fast_math": "--xla_cpu_enable_fast_math=true",
+    # Fast math but NaN/Inf kept (the step's non-finite checks must keep working).
+    "fast_math_keep_nan_inf": "--xla_cpu_enable_fast_math=true "
+                              "--xla_cpu_fast_math_honor_nans=true "
+                              "--xla_cpu_fast_math_honor_infs=true",
     # Data parallel over the cores: 2 CPU devices, the batch sharded over them (same numbers).
     "two_devices": "--xla_force_host_platform_device_count=2",
+    "two_devices_eigen_single_thread": "--xla_force_host_platform_device_count=2 "
+                                       "--xla_cpu_multi_thread_eigen=false",
     # Not a flag: config.dtype='bfloat16' (bf16 activations/compute, float32 params), for scale.
     "bfloat16": ("", ["--dtype", "bfloat16"]),
 }
