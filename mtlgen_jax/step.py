@@ -38,14 +38,6 @@ class TrainState:
     skipped: jax.Array  # [] int32 consecutive updates dropped for non-finite values
 
 
-@flax.struct.dataclass
-class Outputs:
-    """Per-example quantities of one forward pass."""
-
-    loss: jax.Array  # [B] per-example loss (masked mean over pixels)
-    task_id: jax.Array  # [B] int32
-
-
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
     """The static pieces the step closes over."""
@@ -179,7 +171,7 @@ def task_losses(cfg: StepConfig, params, batch, dropout_key, *, train: bool = Tr
     per_ex = jnp.where(use_l1, l1, l2)  # [B]
     onehot = jax.nn.one_hot(task_id, len(cfg.tasks), dtype=jnp.float32)  # [B, K]
     counts = jnp.asarray(cfg.task_counts, jnp.float32)
-    return (onehot.T @ per_ex) / counts, Outputs(loss=per_ex, task_id=task_id)
+    return (onehot.T @ per_ex) / counts
 
 
 def _micro(batch, n: int):
@@ -271,7 +263,7 @@ def train_step(cfg: StepConfig, state: TrainState, batch) -> tuple[TrainState, d
     k_drop = jax.random.fold_in(k_drop, jax.lax.axis_index(AXIS))
 
     def loss_fn(p, mb, i):
-        losses = task_losses(cfg, p, mb, jax.random.fold_in(k_drop, i))[0]
+        losses = task_losses(cfg, p, mb, jax.random.fold_in(k_drop, i))
         return _inject_nan(cfg, losses, state.step)
 
     # losses: [K] exact global per-task means; grads: the combined update direction.
