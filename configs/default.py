@@ -89,6 +89,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.weighting = ml_collections.ConfigDict()
     c.weighting.name = "ew"  # see mtlgen_jax.weighting.NAMES
     c.weighting.hparams = ""  # the strategy's hyperparameters, e.g. "c=0.4,num_iters=50"
+    # Gradient methods: per-task gradients w.r.t. the shared 'params' or the shared
+    # 'representation' (the cheap "-ub" mode: K backward passes through the heads only).
+    c.weighting.grad_space = "params"
 
     c.parallel = ml_collections.ConfigDict()
     c.parallel.backend = "shard_map"  # 'shard_map' | 'pmap'

@@ -41,6 +41,7 @@ class Components:
             global_batch=config.batch_size, ema_decay=config.ema_decay,
             learning_rate_fn=self.learning_rate_fn, nonfinite=config.nonfinite.policy,
             grad_accum_steps=config.grad_accum_steps,
+            grad_space=grad_space(config.weighting),
             nan_step=config.debug.nan_step, nan_count=config.debug.nan_count,
             nan_task=(self.task_names.index(config.debug.nan_task)
                       if config.debug.nan_task else -1),
@@ -90,7 +91,7 @@ def weighting_hparams(wcfg) -> dict:
     a locked config takes no new keys), e.g. ``--config.weighting.hparams=c=0.4``."""
     import ast
 
-    out = {k: v for k, v in wcfg.items() if k not in ("name", "hparams")}
+    out = {k: v for k, v in wcfg.items() if k not in ("name", "hparams", "grad_space")}
     for item in filter(None, (x.strip() for x in str(wcfg.get("hparams", "")).split(","))):
         key, sep, value = item.partition("=")
         if not sep:
@@ -101,6 +102,30 @@ def weighting_hparams(wcfg) -> dict:
         except (ValueError, SyntaxError):
             out[key.strip()] = value.strip()
     return out
+
+
+GRAD_SPACES = ("params", "representation")
+
+
+def grad_space(wcfg) -> str:
+    """``weighting.grad_space``: where gradient methods take the per-task gradients.
+
+    'params' (default): the shared (backbone) parameters, K backward passes through
+    the backbone. 'representation': the shared representation (the backbone's output),
+    K backward passes through the heads only and one through the backbone -- the
+    cheap "-ub" mode (see ``step.representation_losses_and_gradients``).
+    """
+    return wcfg.get("grad_space", "params")
+
+
+def check_grad_space(wcfg, strategy) -> None:
+    space = grad_space(wcfg)
+    if space not in GRAD_SPACES:
+        raise ValueError(f"weighting.grad_space={space!r} is unknown; use one of {GRAD_SPACES}.")
+    if space != "params" and not strategy.uses_task_grads:
+        raise ValueError(f"weighting.grad_space={space!r} applies to gradient methods only; "
+                         f"{strategy.name!r} weighs losses. Drop grad_space or pick a gradient "
+                         "method (pcgrad, mgda, cagrad, ...).")
 
 
 def build(config, info) -> Components:
@@ -124,6 +149,7 @@ def build(config, info) -> Components:
     mixture_counts([t.weight for t in task_list], config.batch_size)  # every task gets examples
     hparams = weighting_hparams(config.weighting)
     strategy = weighting.create(config.weighting.name, len(task_list), **hparams)
+    check_grad_space(config.weighting, strategy)
     schedule = diffusion.get_schedule(config.diffusion.schedule)
     model = MultiTaskModel(
         tasks=tuple(t.name for t in task_list), out_channels=info.channels,

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from mtlgen_jax import diffusion
+from mtlgen_jax.weighting.task_grads import gram as weighting_gram
 from mtlgen_jax.tasks import Task
 
 AXIS = "data"
@@ -53,6 +54,7 @@ class StepConfig:
     ema_decay: float
     learning_rate_fn: Any
     grad_accum_steps: int = 1  # micro-batches per device per step
+    grad_space: str = "params"  # gradient methods: 'params' | 'representation' (see below)
     nonfinite: str = "halt"  # 'halt' | 'skip' (see train.py)
     nan_step: int = -1  # testing hook: make one task's loss NaN from this step on ...
     nan_count: int = 1  # ... for this many steps
@@ -153,18 +155,17 @@ def prepare_batch(cfg: StepConfig, batch, step_key):
     return dict(batch, task_id=task_id, keys=keys)
 
 
-def task_losses(cfg: StepConfig, params, batch, dropout_key, *, train: bool = True):
-    """Per-task losses [K] of a prepared (micro)batch, normalised by GLOBAL task counts.
-
-    Summed over micro-batches and ``psum``-ed over devices, this is the exact per-task
-    mean of the global batch.
-    """
+def _model_inputs(cfg: StepConfig, batch, *, train: bool):
+    """The model's positional inputs, the regression target and the loss mask."""
     task_id = batch["task_id"]
     x0 = to_float(batch["image"])
     cond, x_t, t, target, mask, model_labels = make_inputs(cfg, x0, batch["label"], task_id,
                                                            batch["keys"], train=train)
-    pred = cfg.model.apply({"params": params}, x_t, cond, t, task_id, model_labels, train=train,
-                           rngs={"dropout": dropout_key})
+    return (x_t, cond, t, task_id, model_labels), target, mask
+
+
+def _per_task(cfg: StepConfig, pred, target, mask, task_id) -> jax.Array:
+    """Per-task losses [K], each a sum over its examples / its GLOBAL example count."""
     l2 = diffusion.loss(pred, target, mask, kind="l2")
     l1 = diffusion.loss(pred, target, mask, kind="l1")
     use_l1 = jnp.asarray([tk.loss == "l1" for tk in cfg.tasks])[task_id]
@@ -172,6 +173,39 @@ def task_losses(cfg: StepConfig, params, batch, dropout_key, *, train: bool = Tr
     onehot = jax.nn.one_hot(task_id, len(cfg.tasks), dtype=jnp.float32)  # [B, K]
     counts = jnp.asarray(cfg.task_counts, jnp.float32)
     return (onehot.T @ per_ex) / counts
+
+
+def task_losses(cfg: StepConfig, params, batch, dropout_key, *, train: bool = True):
+    """Per-task losses [K] of a prepared (micro)batch, normalised by GLOBAL task counts.
+
+    Summed over micro-batches and ``psum``-ed over devices, this is the exact per-task
+    mean of the global batch.
+    """
+    args, target, mask = _model_inputs(cfg, batch, train=train)
+    pred = cfg.model.apply({"params": params}, *args, train=train, rngs={"dropout": dropout_key})
+    return _per_task(cfg, pred, target, mask, batch["task_id"])
+
+
+def split_task_losses(cfg: StepConfig, batch, dropout_key, *, train: bool = True):
+    """``task_losses`` in two halves around the shared representation.
+
+    Returns ``(features_fn, head_loss_fn)``: ``features_fn(backbone_params)`` is the
+    backbone's output z [B, H, W, F] and ``head_loss_fn(z, head_params)`` the per-task
+    losses [K] (``head_params``: the ``head_<task>`` subtrees), so that
+    ``head_loss_fn(features_fn(p['backbone']), heads) == task_losses(cfg, p, ...)``.
+    """
+    args, target, mask = _model_inputs(cfg, batch, train=train)
+    task_id = batch["task_id"]
+
+    def features_fn(backbone):
+        return cfg.model.apply({"params": {"backbone": backbone}}, *args, train=train,
+                               rngs={"dropout": dropout_key}, method="features")
+
+    def head_loss_fn(z, heads):
+        pred = cfg.model.apply({"params": heads}, z, task_id, method="head_outputs")
+        return _per_task(cfg, pred, target, mask, task_id)
+
+    return features_fn, head_loss_fn
 
 
 def _micro(batch, n: int):
@@ -239,6 +273,71 @@ def losses_and_gradients(cfg: StepConfig, params, batch, loss_fn, wstate, key):
     return losses, grads, out
 
 
+def representation_losses_and_gradients(cfg: StepConfig, params, batch, split_fn, wstate, key):
+    """Gradient methods in representation mode (``grad_space='representation'``).
+
+    The strategy's weights come from per-task gradients with respect to the shared
+    representation instead of the shared parameters -- the cheap "-ub" mode of MGDA-UB
+    (Sener & Koltun 2018) and of LibMTL's ``rep_grad``: the K backward passes stop at
+    the backbone's output, and the backbone is differentiated once, with the weighted
+    cotangent ``sum_k w_k dL_k/dz``. Its update is therefore ``sum_k w_k grad L_k``
+    over the shared parameters, with w from the representation gradients.
+
+    Every example here belongs to one task, so the per-example gradients dL_k/dz of
+    different tasks live on different examples and are always orthogonal. The
+    representation gradient of task k is therefore taken with respect to an offset
+    of the representation shared by every example (``z_b + delta``):
+    ``g_k = sum_b dL_k/dz_b``, [H, W, F] per task -- the gradient of a shared,
+    per-position bias on the backbone output. These are summed over micro-batches
+    and devices before the Gram matrix is formed. Heads get their own task's gradient.
+
+    Args:
+      split_fn: ``(microbatch, i) -> (features_fn, head_loss_fn)`` (see
+        ``split_task_losses``).
+    """
+    k, n = len(cfg.tasks), cfg.grad_accum_steps
+    eye = jnp.eye(k, dtype=jnp.float32)
+    backbone = params["backbone"]
+    heads = {name: sub for name, sub in params.items() if name != "backbone"}
+
+    def rep_pass(i, mb):
+        features_fn, head_loss_fn = split_fn(mb, i)
+        z, backbone_vjp = jax.vjp(features_fn, backbone)
+        local, head_vjp = jax.vjp(head_loss_fn, z, heads)
+        dz, dheads = jax.vmap(head_vjp)(eye.astype(local.dtype))  # dz [K, B, H, W, F]
+        return local, dz, jax.tree.map(lambda g: g.sum(0), dheads), backbone_vjp
+
+    if n == 1:
+        local, dz, head_grads, backbone_vjp = rep_pass(0, batch)
+        pooled = dz.sum(axis=1, dtype=jnp.float32)  # [K, H, W, F]
+    else:
+        micro = _micro(batch, n)
+
+        def summed(i, mb):
+            local, dz, head_grads, _ = rep_pass(i, mb)
+            return local, dz.sum(axis=1, dtype=jnp.float32), head_grads
+
+        first = jax.tree.map(lambda x: x[0], micro)
+        init = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                            jax.eval_shape(summed, 0, first))
+        local, pooled, head_grads = _accumulate(summed, micro, init)
+    losses = jax.lax.psum(local, AXIS)
+    pooled = jax.lax.psum(pooled, AXIS)
+    out = cfg.strategy.apply_gram(weighting_gram(pooled), losses, wstate, key)
+    w = out.weights
+    if n == 1:
+        cotangent = jnp.tensordot(w.astype(jnp.float32), dz.astype(jnp.float32), axes=1)
+        backbone_grads = backbone_vjp(cotangent.astype(dz.dtype))[0]
+    else:
+        def weighted(i, mb):
+            features_fn, head_loss_fn = split_fn(mb, i)
+            return jax.grad(lambda pb: jnp.dot(w, head_loss_fn(features_fn(pb), heads)))(backbone)
+
+        backbone_grads = _accumulate(weighted, micro, jax.tree.map(jnp.zeros_like, backbone))
+    grads = jax.lax.psum(dict(head_grads, backbone=backbone_grads), AXIS)
+    return losses, grads, out
+
+
 def _inject_nan(cfg: StepConfig, losses: jax.Array, step: jax.Array) -> jax.Array:
     """Testing hook: task ``nan_task``'s loss (and so its gradient) is NaN at steps
     ``nan_step .. nan_step + nan_count - 1``."""
@@ -266,9 +365,17 @@ def train_step(cfg: StepConfig, state: TrainState, batch) -> tuple[TrainState, d
         losses = task_losses(cfg, p, mb, jax.random.fold_in(k_drop, i))
         return _inject_nan(cfg, losses, state.step)
 
+    def split_fn(mb, i):
+        features_fn, head_loss_fn = split_task_losses(cfg, mb, jax.random.fold_in(k_drop, i))
+        return features_fn, lambda z, h: _inject_nan(cfg, head_loss_fn(z, h), state.step)
+
     # losses: [K] exact global per-task means; grads: the combined update direction.
-    losses, grads, wout = losses_and_gradients(cfg, state.params, batch, loss_fn,
-                                               state.weighting_state, k_weight)
+    if cfg.grad_space == "representation":
+        losses, grads, wout = representation_losses_and_gradients(
+            cfg, state.params, batch, split_fn, state.weighting_state, k_weight)
+    else:
+        losses, grads, wout = losses_and_gradients(cfg, state.params, batch, loss_fn,
+                                                   state.weighting_state, k_weight)
     grad_norm = optax.global_norm(grads)
     finite = jnp.all(jnp.isfinite(losses)) & jnp.isfinite(grad_norm)
     updates, opt_state = cfg.optimizer.update(grads, state.opt_state, state.params)

@@ -1,5 +1,6 @@
 """Tests of mtlgen_jax.weighting: the contract of every strategy, closed forms, bad input."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,14 +121,31 @@ def test_update_keeps_leaf_dtypes():
     np.testing.assert_allclose(out.update["a"].astype(jnp.float32), 1.0)
 
 
-def test_single_task_every_strategy_returns_the_gradient():
+def test_single_task_loss_weightings_return_the_gradient_gradient_methods_refuse():
     grads = jnp.array([[1.0, -2.0, 0.5]])
     for name in weighting.NAMES:
         hp = {"weights": (1.0,)} if name == "static" else {}
+        if name in GRADIENT_NAMES:
+            with pytest.raises(ValueError, match=f"{name} combines per-task gradients and "
+                               "needs at least 2 tasks.*use weighting 'ew'"):
+                weighting.create(name, 1, **hp)
+            continue
         out = run(weighting.create(name, 1, **hp), jnp.array([0.7]), grads)
         w = float(out.weights[0])
         assert np.isfinite(w) and w > 0, name
         np.testing.assert_allclose(out.update, w * grads[0], rtol=1e-5, err_msg=name)
+
+
+def test_apply_gram_matches_apply():
+    grads = jax.random.normal(jax.random.key(3), (3, 7))
+    losses = jnp.array([0.5, 1.0, 2.0])
+    for name in GRADIENT_NAMES:
+        strategy = make(name, 3)
+        ref = strategy.apply(losses, grads, strategy.init(), jax.random.key(0))
+        out = strategy.apply_gram(grads @ grads.T, losses, strategy.init(), jax.random.key(0))
+        assert out.update is None
+        np.testing.assert_allclose(out.weights, ref.weights, rtol=1e-4, atol=1e-6, err_msg=name)
+        chex.assert_trees_all_close(out.state, ref.state, rtol=1e-4, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- loss weightings

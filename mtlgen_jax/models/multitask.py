@@ -73,8 +73,22 @@ class MultiTaskModel(nn.Module):
         *,
         train: bool = False,
     ) -> jax.Array:  # [B, H, W, C] float32: each example's own task's output
+        features = self.features(x_noisy, condition, t, task_id, label, train=train)
+        return self.head_outputs(features, task_id)
+
+    def features(self, x_noisy, condition, t, task_id, label=None, *, train: bool = False):
+        """The shared representation: the backbone's output features [B, H, W, F].
+
+        Only ``params['backbone']`` is used (``method='features'`` in ``apply``).
+        """
         x = jnp.concatenate([x_noisy, condition.image, condition.mask], axis=-1)
-        features = self.unet(x, t, task_id, label, train=train)
+        return self.unet(x, t, task_id, label, train=train)
+
+    def head_outputs(self, features: jax.Array, task_id: jax.Array) -> jax.Array:
+        """Each example's own task head applied to its features: [B, H, W, C] float32.
+
+        Only the ``params['head_<task>']`` subtrees are used.
+        """
         outs = jnp.stack([head(features) for head in self.heads], axis=0)  # [K, B, H, W, C]
         onehot = jax.nn.one_hot(task_id, len(self.tasks), dtype=outs.dtype)  # [B, K]
         return jnp.einsum("kbhwc,bk->bhwc", outs, onehot)

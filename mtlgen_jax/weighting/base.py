@@ -162,10 +162,44 @@ class GradientWeighting(Strategy):
 
     uses_task_grads: ClassVar[bool] = True
 
+    def __post_init__(self):
+        check_int(self.name, "num_tasks", self.num_tasks, low=1)
+        if self.num_tasks < 2:
+            raise ValueError(
+                f"{self.name} combines per-task gradients and needs at least 2 tasks; got "
+                f"num_tasks={self.num_tasks}. With one task use weighting 'ew' (or add tasks)."
+            )
+        self.validate()
+
     def _weigh(self, losses, task_grads, state, rng):
         if task_grads is None:
             raise ValueError(f"{self.name}: needs per-task gradients, got task_grads=None")
         return self.weigh(tg.gram(task_grads), losses, state, rng)
+
+    def apply_gram(
+        self, gram: jax.Array, losses: jax.Array, state: State, rng: jax.Array
+    ) -> WeightingOutput:
+        """Like `apply`, from a Gram matrix the caller formed (``update`` is None).
+
+        For callers that hold the task gradients in pieces: the data-parallel step in
+        representation mode sums each device's Gram of its examples' representation
+        gradients (``lax.psum``), then combines the gradients itself with ``weights``.
+
+        Args:
+          gram: [K, K] with gram[i, j] = <g_i, g_j> (symmetric, positive semidefinite).
+          losses: [K] per-task losses.
+          state, rng: as in `apply`.
+        """
+        losses = jnp.asarray(losses, jnp.float32)
+        gram = jnp.asarray(gram, jnp.float32)
+        k = self.num_tasks
+        if losses.shape != (k,) or gram.shape != (k, k):
+            raise ValueError(f"{self.name}: need losses ({k},) and gram ({k}, {k}); got "
+                             f"{losses.shape} and {gram.shape}")
+        weights, state, metrics = self.weigh(gram, losses, state, rng)
+        metrics = {key: jnp.asarray(v, jnp.float32) for key, v in metrics.items()}
+        return WeightingOutput(update=None, weights=weights.astype(jnp.float32), state=state,
+                               metrics=metrics)
 
     def weigh(
         self, gram: jax.Array, losses: jax.Array, state: State, rng

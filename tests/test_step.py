@@ -1,0 +1,115 @@
+"""The train step's gradient paths against references computed another way (1 device)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from mtlgen_jax import components, step
+from mtlgen_jax.data import DatasetInfo
+
+INFO = DatasetInfo(name="synthetic", num_classes=None, channels=3, image_size=16, num_train=64,
+                   num_test=8, train_split="train", test_split="test")
+
+
+def build(weighting="mgda", grad_space="params", accum=1):
+    cfg = default.get_config("tiny")
+    cfg.batch_size = 8
+    cfg.weighting.name = weighting
+    cfg.weighting.grad_space = grad_space
+    cfg.grad_accum_steps = accum
+    cfg.tasks.names = "denoise,inpaint,super_resolve"
+    comp = components.build(cfg, INFO)
+    return cfg, comp
+
+
+def prepared_batch(cfg, comp, scfg):
+    rng = np.random.default_rng(0)
+    batch = {"image": jnp.asarray(rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)),
+             "label": jnp.zeros((8,), jnp.int32)}
+    state = components.init_state(comp, cfg.seed)
+    return state, batch
+
+
+def on_one_device(fn):
+    """Runs fn under a 1-device 'data' axis (the step's collectives need one)."""
+    mesh = jax.make_mesh((1,), (step.AXIS,), devices=jax.devices()[:1])
+    return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(), out_specs=jax.P(),
+                                 check_vma=False))
+
+
+def test_representation_mode_weights_and_update_match_a_reference():
+    """Weights from the Gram of per-task gradients w.r.t. a shared representation offset;
+    backbone update = sum_k w_k grad L_k; heads get their own task's gradient."""
+    cfg, comp = build("mgda", "representation")
+    scfg = comp.step_config(cfg)
+    state, batch = prepared_batch(cfg, comp, scfg)
+    key = jax.random.key(7)
+    drop = jax.random.key(8)
+
+    def ours():
+        b = step.prepare_batch(scfg, batch, key)
+        split = lambda mb, i: step.split_task_losses(scfg, mb, drop)  # noqa: E731
+        losses, grads, out = step.representation_losses_and_gradients(
+            scfg, state.params, b, split, state.weighting_state, key)
+        return losses, grads, out.weights
+
+    def reference():
+        b = step.prepare_batch(scfg, batch, key)
+        params = state.params
+        features_fn, head_loss_fn = step.split_task_losses(scfg, b, drop)
+        heads = {k: v for k, v in params.items() if k != "backbone"}
+        z = features_fn(params["backbone"])
+        # Per task: gradient w.r.t. an offset delta [H, W, F] added to every example's z.
+        offset_grads = jnp.stack([
+            jax.grad(lambda d, i=i: head_loss_fn(z + d, heads)[i])(jnp.zeros(z.shape[1:]))
+            for i in range(len(scfg.tasks))])
+        g = offset_grads.reshape(len(scfg.tasks), -1)
+        w = comp.strategy.apply_gram(g @ g.T, jnp.zeros(3), state.weighting_state, key).weights
+        full = jax.grad(lambda p: jnp.dot(w, step.task_losses(scfg, p, b, drop)))(params)
+        own = jax.grad(lambda p: jnp.sum(step.task_losses(scfg, p, b, drop)))(params)
+        return step.task_losses(scfg, params, b, drop), full["backbone"], own, w
+
+    losses, grads, weights = on_one_device(ours)()
+    ref_losses, ref_backbone, ref_own, ref_w = on_one_device(reference)()
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    np.testing.assert_allclose(weights, ref_w, rtol=1e-3, atol=1e-5)
+    assert np.max(np.abs(np.asarray(weights) - np.mean(weights))) > 1e-3  # not equal weights
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-6),
+                 grads["backbone"], ref_backbone)
+    for name in grads:
+        if name != "backbone":
+            jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+                         grads[name], ref_own[name])
+
+
+def test_representation_mode_accumulation_equals_one_batch():
+    results = {}
+    for accum in (1, 2):
+        cfg, comp = build("pcgrad", "representation", accum=accum)
+        scfg = comp.step_config(cfg)
+        state, batch = prepared_batch(cfg, comp, scfg)
+        fn = on_one_device(lambda: step.train_step(scfg, state, batch)[1])
+        results[accum] = fn()
+    for k in results[1]:
+        np.testing.assert_allclose(results[2][k], results[1][k], rtol=2e-4, atol=1e-6,
+                                   err_msg=k)
+
+
+@pytest.mark.parametrize("weighting, space, match", [
+    ("ew", "representation", "applies to gradient methods only.*'ew' weighs losses"),
+    ("mgda", "features", "grad_space='features' is unknown.*'params', 'representation'"),
+])
+def test_bad_grad_space(weighting, space, match):
+    with pytest.raises(ValueError, match=match):
+        build(weighting, space)
+
+
+def test_gradient_method_with_one_task_is_refused_before_compiling():
+    cfg = default.get_config("tiny")
+    cfg.tasks.names = "denoise"
+    cfg.weighting.name = "cagrad"
+    with pytest.raises(ValueError, match="cagrad combines per-task gradients and needs at least 2"):
+        components.build(cfg, INFO)
+
