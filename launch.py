@@ -48,6 +48,10 @@ def main(argv):
     import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")
+    from mtlgen_jax import cpu_devices
+
+    # CPU hosts: one JAX device per core (up to 8) unless XLA_FLAGS says otherwise.
+    cpu_devices.configure(FLAGS.config, num_processes=FLAGS.num_processes or 1)
     import jax
 
     explicit = FLAGS.coordinator_address or FLAGS.num_processes or FLAGS.process_id is not None

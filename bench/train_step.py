@@ -63,6 +63,9 @@ def parse_args(argv=None):
     p.add_argument("--matmul", type=int, default=2048, help="matmul size n for the peak")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
     p.add_argument("--no-torch-compile", action="store_true", help="skip torch.compile")
+    p.add_argument("--cpu-devices", type=int, default=None,
+                   help="JAX CPU devices (config.parallel.cpu_devices; default: the config's, "
+                        "0 = automatic as in launch.py; 1 = a single device)")
     p.add_argument("--channels-last", action="store_true",
                    help="torch peer in channels-last memory format (slower on our CPU)")
     return p.parse_args(argv)
@@ -126,6 +129,11 @@ def main(argv=None) -> dict:
         config.batch_size = args.batch
     if args.dtype:
         config.dtype = args.dtype
+    if args.cpu_devices is not None:
+        config.parallel.cpu_devices = args.cpu_devices
+    from mtlgen_jax import cpu_devices
+
+    cpu_devices.configure(config)  # as launch.py does (before JAX starts its backend)
     if config.dtype != "float32" and not args.no_torch:
         print(f"dtype {config.dtype}: the float32 torch peer is skipped (not comparable)")
         args.no_torch = True
@@ -192,6 +200,7 @@ def main(argv=None) -> dict:
         "jax_over_torch_eager": common.ratio(ips["jax"], ips.get("torch_eager")),
         "jax_over_torch_compile": common.ratio(ips["jax"], ips.get("torch_compile")),
         "batch_size": batch,
+        "jax_devices": jax.device_count(),
         "image_size": config.dataset.image_size,
         "dtype": config.dtype,
         "tasks": str(config.tasks.names),

@@ -34,6 +34,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.grad_clip = 1.0  # global-norm clipping
     c.adam_b1 = 0.9
     c.adam_b2 = 0.99
+    c.adam_eps = 1e-8
     c.ema_decay = 0.995
     c.dtype = "float32"  # activations/compute; params and optimizer state stay float32
     c.log_every_steps = 50
@@ -95,6 +96,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
     c.parallel = ml_collections.ConfigDict()
     c.parallel.backend = "shard_map"  # 'shard_map' | 'pmap'
+    # CPU hosts: split the cores into this many JAX devices (0 = automatic: up to one per
+    # core, at most 8, dividing the batch; 1 = off). XLA's CPU convolutions keep about
+    # one core busy per device. Ignored where XLA_FLAGS sets a count, and on GPU/TPU.
+    c.parallel.cpu_devices = 0
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 64

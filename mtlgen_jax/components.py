@@ -79,20 +79,36 @@ def build_optimizer(config) -> tuple[optax.GradientTransformation, Any]:
     )
     tx = optax.chain(
         optax.clip_by_global_norm(config.grad_clip),
-        optax.adamw(lr_fn, b1=config.adam_b1, b2=config.adam_b2,
+        optax.adamw(lr_fn, b1=config.adam_b1, b2=config.adam_b2, eps=config.get("adam_eps", 1e-8),
                     weight_decay=config.weight_decay),
     )
     return tx, lr_fn
 
 
+def _split_top_level(text: str) -> list[str]:
+    """'a=1,w=(1,2),b=x' -> ['a=1', 'w=(1,2)', 'b=x']: commas inside brackets stay."""
+    items, depth, current = [], 0, []
+    for ch in text:
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if ch == "," and depth == 0:
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    items.append("".join(current))
+    return items
+
+
 def weighting_hparams(wcfg) -> dict:
     """The strategy's hyperparameters: extra keys of ``config.weighting`` (config files)
     plus ``weighting.hparams``, a "key=value,key=value" string (the command line, where
-    a locked config takes no new keys), e.g. ``--config.weighting.hparams=c=0.4``."""
+    a locked config takes no new keys), e.g. ``--config.weighting.hparams=c=0.4`` or
+    ``--config.weighting.hparams='weights=(1,2,1)'``."""
     import ast
 
     out = {k: v for k, v in wcfg.items() if k not in ("name", "hparams", "grad_space")}
-    for item in filter(None, (x.strip() for x in str(wcfg.get("hparams", "")).split(","))):
+    for item in filter(None, (x.strip() for x in _split_top_level(str(wcfg.get("hparams", ""))))):
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"weighting.hparams={wcfg.hparams!r}: write key=value pairs "

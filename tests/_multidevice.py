@@ -3,8 +3,12 @@
 Used by tests/test_parallel.py in subprocesses, since the device count
 (XLA_FLAGS=--xla_force_host_platform_device_count) must be set before JAX starts.
 
-    python tests/_multidevice.py --devices N --backend shard_map|pmap --weighting ew
+    python tests/_multidevice.py --devices N --backend shard_map|pmap --weighting ew[,mgda,...]
         [--process_id I --num_processes P --port PORT] [--dtype bfloat16] [--steps S]
+
+`--weighting` takes comma-separated strategies (a name ending in "-ub": that gradient
+method in representation mode); each runs `--steps` steps from the same initial state.
+The printed JSON has one entry per strategy under "runs".
 """
 
 import argparse
@@ -24,6 +28,8 @@ parser.add_argument("--num_processes", type=int, default=1)
 parser.add_argument("--port", type=int, default=0)
 parser.add_argument("--lr", type=float, default=2e-3)
 parser.add_argument("--accum", type=int, default=1)
+parser.add_argument("--memory", action="store_true")  # also compile for memory_analysis
+parser.add_argument("--small", action="store_true")  # one-level U-Net, 8x8: cheap compiles
 args = parser.parse_args()
 
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
@@ -46,51 +52,83 @@ from mtlgen_jax import components, parallel  # noqa: E402
 from mtlgen_jax.data import DatasetInfo  # noqa: E402
 from mtlgen_jax.step import train_step  # noqa: E402
 
-cfg = default.get_config("tiny")
-cfg.batch_size = args.batch
-cfg.weighting.name = args.weighting
-if args.weighting == "mgda":
-    cfg.weighting.hparams = "num_iters=50"  # also exercises the hparams string
-cfg.dtype = args.dtype
-cfg.learning_rate = args.lr
-cfg.grad_accum_steps = args.accum
-cfg.num_train_steps = 100
-cfg.tasks.names = "denoise,inpaint,super_resolve,colorize"
-info = DatasetInfo(name="synthetic", num_classes=None, channels=3, image_size=16, num_train=64,
-                   num_test=8, train_split="train", test_split="test")
-comp = components.build(cfg, info)
-par = parallel.Parallel(args.backend)
-host_batch, _ = parallel.check_batch(cfg.batch_size)
-state = par.init_state(functools.partial(components.init_state, comp, cfg.seed))
-step = par.wrap(functools.partial(train_step, comp.step_config(cfg)))
+INITIAL = []  # the initial TrainState on the host, from the first strategy
 
-rng = np.random.default_rng(0)
-losses = []
-for _ in range(args.steps):
-    images = rng.integers(0, 256, (cfg.batch_size, 16, 16, 3), dtype=np.uint8)
-    labels = np.zeros((cfg.batch_size,), np.int32)
-    lo = args.process_id * host_batch
-    local = {"image": images[lo:lo + host_batch], "label": labels[lo:lo + host_batch]}
-    state, metrics = step(state, par.shard_batch(local))
-    host = par.metrics_to_host(metrics)
-    losses.append([host[f"loss/{t}"] for t in comp.task_names])
 
-# Replicated params: every process holds a full copy on its own devices.
-final = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), par.unreplicate(state).params)
-flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(final)])
-compiled = step.lower(state, par.shard_batch(local)).compile() if args.backend == "shard_map" \
-    else None
-mem = compiled.memory_analysis() if compiled is not None else None
+def to_host(x):
+    """One replica of a replicated value, as numpy (also multi-process)."""
+    return np.asarray(x.addressable_data(0) if hasattr(x, "addressable_data") else x)
+
+
+def run(spec: str) -> dict:
+    name, ub = (spec[:-3], True) if spec.endswith("-ub") else (spec, False)
+    cfg = default.get_config("tiny")
+    cfg.batch_size = args.batch
+    cfg.weighting.name = name
+    cfg.weighting.grad_space = "representation" if ub else "params"
+    if name == "mgda":
+        cfg.weighting.hparams = "num_iters=50"  # also exercises the hparams string
+    if name == "static":
+        cfg.weighting.hparams = "weights=(1.0,2.0,0.5,1.0)"
+    cfg.dtype = args.dtype
+    cfg.learning_rate = args.lr
+    # Adam's first steps are ~lr * sign(g): gradients near 0 would flip with the order of
+    # the device sum. A large eps keeps the update smooth in g, so runs compare closely.
+    cfg.adam_eps = 1e-3
+    cfg.grad_accum_steps = args.accum
+    cfg.num_train_steps = 100
+    cfg.tasks.names = "denoise,inpaint,super_resolve,colorize"
+    size = 16
+    if args.small:
+        size = cfg.dataset.image_size = 8
+        cfg.model.channel_mult, cfg.model.attn_resolutions = (1,), ()
+    info = DatasetInfo(name="synthetic", num_classes=None, channels=3, image_size=size,
+                       num_train=64, num_test=8, train_split="train", test_split="test")
+    comp = components.build(cfg, info)
+    par = parallel.Parallel(args.backend)
+    host_batch, _ = parallel.check_batch(cfg.batch_size)
+    if not INITIAL:  # the model's init compiles once; every strategy starts from it
+        state = par.init_state(functools.partial(components.init_state, comp, cfg.seed))
+        INITIAL.append(jax.tree.map(to_host, par.unreplicate(state)))
+    else:
+        state = par.replicate(INITIAL[0].replace(weighting_state=comp.strategy.init()))
+    step = par.wrap(functools.partial(train_step, comp.step_config(cfg)))
+
+    rng = np.random.default_rng(0)
+    losses, weights = [], []
+    for _ in range(args.steps):
+        images = rng.integers(0, 256, (cfg.batch_size, size, size, 3), dtype=np.uint8)
+        labels = np.zeros((cfg.batch_size,), np.int32)
+        lo = args.process_id * host_batch
+        local = {"image": images[lo:lo + host_batch], "label": labels[lo:lo + host_batch]}
+        state, metrics = step(state, par.shard_batch(local))
+        host = par.metrics_to_host(metrics)
+        losses.append([host[f"loss/{t}"] for t in comp.task_names])
+        weights.append([host[f"weight/{t}"] for t in comp.task_names])
+
+    # Replicated params: every process holds a full copy on its own devices.
+    final = jax.tree.map(to_host, par.unreplicate(state).params)
+    flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(final)])
+    compiled = step.lower(state, par.shard_batch(local)).compile() \
+        if args.memory and spec == SPECS[0] else None
+    mem = compiled.memory_analysis() if compiled is not None else None
+    return {
+        "losses": losses,
+        "weights": weights,
+        "params_head": flat[:2000].tolist(),
+        "params_sum": float(np.sum(flat.astype(np.float64))),
+        "params_abs": float(np.sum(np.abs(flat.astype(np.float64)))),
+        "cache_size": step._cache_size() if hasattr(step, "_cache_size") else None,
+        "temp_bytes": getattr(mem, "temp_size_in_bytes", None),
+        "argument_bytes": getattr(mem, "argument_size_in_bytes", None),
+    }
+
+
+SPECS = args.weighting.split(",")
 out = {
-    "losses": losses,
-    "params_head": flat[:2000].tolist(),
-    "params_sum": float(np.sum(flat.astype(np.float64))),
-    "params_abs": float(np.sum(np.abs(flat.astype(np.float64)))),
+    "runs": {spec: run(spec) for spec in SPECS},
     "devices": jax.device_count(),
     "processes": jax.process_count(),
-    "cache_size": step._cache_size() if hasattr(step, "_cache_size") else None,
-    "temp_bytes": getattr(mem, "temp_size_in_bytes", None),
-    "argument_bytes": getattr(mem, "argument_size_in_bytes", None),
 }
 if args.process_id == 0:
     print("RESULT " + json.dumps(out))

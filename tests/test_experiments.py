@@ -118,16 +118,20 @@ def test_orchestration_trains_each_run_once_and_reuses_them(tmp_path):
     workdir = str(tmp_path / "dm")
     train = FakeTrainer()
     no_eval = lambda *a, **k: pytest.fail("eval_fn called for a finished run")
-    rows = dm.run_experiment(_config(0.25), workdir, "ew,famo,cagrad", steps=3, train_fn=train,
-                             eval_fn=no_eval)
+    rows = dm.run_experiment(_config(0.25), workdir, "ew,famo,cagrad,cagrad-ub", steps=3,
+                             train_fn=train, eval_fn=no_eval)
     names = [n for n, _ in train.calls]
-    assert names == ["single_denoise", "single_inpaint", "mtl_ew", "mtl_famo", "mtl_cagrad"]
+    assert names == ["single_denoise", "single_inpaint", "mtl_ew", "mtl_famo", "mtl_cagrad",
+                     "mtl_cagrad-ub"]
     cfgs = dict(train.calls)
     assert cfgs["single_inpaint"].tasks.names == "inpaint"
-    assert cfgs["single_inpaint"].weighting.to_dict() == {"name": "ew"}
+    params = {"grad_space": "params"}
+    assert cfgs["single_inpaint"].weighting.to_dict() == {"name": "ew", **params}
     assert cfgs["mtl_famo"].tasks.names == "denoise,inpaint"
-    assert cfgs["mtl_famo"].weighting.to_dict() == {"name": "famo"}
-    assert cfgs["mtl_cagrad"].weighting.to_dict() == {"name": "cagrad", "c": 0.25}
+    assert cfgs["mtl_famo"].weighting.to_dict() == {"name": "famo", **params}
+    assert cfgs["mtl_cagrad"].weighting.to_dict() == {"name": "cagrad", "c": 0.25, **params}
+    assert cfgs["mtl_cagrad-ub"].weighting.to_dict() == {
+        "name": "cagrad", "c": 0.25, "grad_space": "representation"}
     assert {c.num_train_steps for c in cfgs.values()} == {3}
     assert {c.batch_size for c in cfgs.values()} == {8}  # the same budget for all
     by_method = {r.method: r for r in rows}
@@ -146,7 +150,7 @@ def test_orchestration_trains_each_run_once_and_reuses_them(tmp_path):
 
     # A second call reuses every finished run.
     again = FakeTrainer()
-    dm.run_experiment(_config(0.25), workdir, "ew,famo,cagrad", steps=3, train_fn=again,
+    dm.run_experiment(_config(0.25), workdir, "ew,famo,cagrad,cagrad-ub", steps=3, train_fn=again,
                       eval_fn=no_eval)
     assert again.calls == []
 
@@ -181,6 +185,7 @@ def test_orchestration_reports_a_run_that_stopped_early(tmp_path):
     ("ew,bogus", "unknown weighting strategy 'bogus'; known: "),
     ("ew,famo", "config.weighting.c is a hyperparameter of none of ew, famo"),
     (" , ", "--strategies is empty"),
+    ("ew,famo-ub", "'famo-ub': '-ub' .*gradient methods only"),
 ])
 def test_bad_strategies_refused_before_training(tmp_path, strategies, message):
     def never(*args, **kwargs):

@@ -1,7 +1,9 @@
-"""Data parallelism: 1 device == 8 devices == 2 processes x 4 devices; shard_map == pmap.
+"""Data parallelism: 1 device == 8 devices == 2 processes x 4 devices; shard_map == pmap;
+every weighting strategy (and representation mode) inside the 8-device sharded step.
 
 Each configuration runs in a subprocess (tests/_multidevice.py), since the number
-of simulated CPU devices is fixed when JAX starts.
+of simulated CPU devices is fixed when JAX starts. `--small` (a one-level U-Net on
+8x8 images) keeps each strategy's compilation to seconds.
 """
 
 import json
@@ -13,8 +15,15 @@ import sys
 import numpy as np
 import pytest
 
+from mtlgen_jax import weighting
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "_multidevice.py")
+# Every strategy, plus gradient methods in representation mode ("-ub"), runs in the
+# 8-device step; the 1-device reference covers one of each kind (a stateless and a
+# stateful loss weighting; gradient methods with rng, with a solver, on the representation).
+SPECS = (*weighting.NAMES, "mgda-ub", "pcgrad-ub")
+REFERENCE_SPECS = ("ew", "famo", "pcgrad", "mgda", "mgda-ub")
 
 
 def _env():
@@ -35,7 +44,7 @@ def start(*args):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish(proc, timeout=600) -> dict:
+def finish(proc, timeout=900) -> dict:
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err[-5000:]
     return _parse(out)
@@ -47,69 +56,85 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def assert_same_run(a: dict, b: dict, rtol=2e-5, atol=2e-6):
-    np.testing.assert_allclose(a["losses"], b["losses"], rtol=rtol, atol=atol)
-    np.testing.assert_allclose(a["params_head"], b["params_head"], rtol=1e-4, atol=5e-6)
-    np.testing.assert_allclose(a["params_abs"], b["params_abs"], rtol=1e-6)
+def assert_same_run(a: dict, b: dict, rtol=2e-5, atol=2e-6, name=""):
+    np.testing.assert_allclose(a["losses"], b["losses"], rtol=rtol, atol=atol, err_msg=name)
+    np.testing.assert_allclose(a["weights"], b["weights"], rtol=1e-4, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(a["params_head"], b["params_head"], rtol=1e-4, atol=5e-6,
+                               err_msg=name)
+    np.testing.assert_allclose(a["params_abs"], b["params_abs"], rtol=1e-6, err_msg=name)
 
 
 @pytest.fixture(scope="module")
 def runs():
     """The reference runs, started together to overlap their start-up."""
+    common = ("--small", "--steps", 2)
     procs = {
-        "sm1": start("--devices", 1, "--backend", "shard_map"),
-        "sm8": start("--devices", 8, "--backend", "shard_map"),
-        "pm8": start("--devices", 8, "--backend", "pmap"),
-        "mgda1": start("--devices", 1, "--weighting", "mgda"),
-        "mgda8": start("--devices", 8, "--weighting", "mgda"),
-        "acc4": start("--devices", 2, "--accum", 4),
-        "mgda_acc2": start("--devices", 1, "--weighting", "mgda", "--accum", 2),
+        "sm1": start("--devices", 1, "--weighting", ",".join(REFERENCE_SPECS), *common),
+        "sm8": start("--devices", 8, "--weighting", ",".join(SPECS), "--memory", *common),
+        "pm8": start("--devices", 8, "--backend", "pmap", *common),
+        "acc": start("--devices", 2, "--accum", 2, "--weighting", "ew,mgda,mgda-ub", *common),
     }
     return {k: finish(p) for k, p in procs.items()}
 
 
 def test_one_device_equals_eight(runs):
     assert runs["sm1"]["devices"] == 1 and runs["sm8"]["devices"] == 8
-    assert_same_run(runs["sm1"], runs["sm8"])
+    assert_same_run(runs["sm1"]["runs"]["ew"], runs["sm8"]["runs"]["ew"])
 
 
-def test_gradient_strategy_one_device_equals_eight(runs):
-    """Per-task gradients are averaged over devices before MGDA combines them."""
-    assert_same_run(runs["mgda1"], runs["mgda8"])
-    assert runs["mgda8"]["losses"] != runs["sm8"]["losses"]  # MGDA really changed the run
+@pytest.mark.parametrize("spec", SPECS)
+def test_every_strategy_runs_in_the_eight_device_step(runs, spec):
+    eight = runs["sm8"]["runs"][spec]
+    assert np.all(np.isfinite(eight["losses"])) and np.all(np.isfinite(eight["weights"]))
+    assert np.isfinite(eight["params_abs"]) and eight["cache_size"] == 1
+
+
+@pytest.mark.parametrize("spec", REFERENCE_SPECS)
+def test_strategy_one_device_equals_eight(runs, spec):
+    """Per-task gradients (or representation gradients) are summed over devices before
+    a strategy combines them; its state and randomness are the same on every device."""
+    assert_same_run(runs["sm1"]["runs"][spec], runs["sm8"]["runs"][spec], name=spec)
+
+
+def test_strategies_really_change_the_run(runs):
+    ew = runs["sm8"]["runs"]["ew"]
+    for spec in ("mgda", "mgda-ub", "pcgrad", "famo", "uw"):
+        assert runs["sm8"]["runs"][spec]["params_head"] != ew["params_head"], spec
+    assert runs["sm8"]["runs"]["mgda"]["weights"] != runs["sm8"]["runs"]["mgda-ub"]["weights"]
 
 
 def test_gradient_accumulation_equals_one_big_batch(runs):
-    """2 devices x 4 micro-batches == 1 device x 1 batch (loss weighting and MGDA)."""
-    assert_same_run(runs["sm1"], runs["acc4"])
-    assert_same_run(runs["mgda1"], runs["mgda_acc2"])
+    """2 devices x 2 micro-batches == 1 device x 1 batch (loss weighting, MGDA, MGDA-UB)."""
+    for spec in ("ew", "mgda", "mgda-ub"):
+        assert_same_run(runs["sm1"]["runs"][spec], runs["acc"]["runs"][spec], name=spec)
 
 
 def test_shard_map_equals_pmap(runs):
-    assert_same_run(runs["sm8"], runs["pm8"])
+    assert_same_run(runs["sm8"]["runs"]["ew"], runs["pm8"]["runs"]["ew"])
 
 
 def test_step_compiles_once(runs):
-    assert runs["sm8"]["cache_size"] == 1
-    assert runs["sm8"]["temp_bytes"] is not None  # memory_analysis of the compiled step
+    assert runs["sm8"]["runs"]["ew"]["cache_size"] == 1
+    assert runs["sm8"]["runs"][SPECS[0]]["temp_bytes"] is not None  # memory_analysis
 
 
 def test_two_processes_equal_one(runs):
     port = free_port()
-    procs = [start("--devices", 4, "--backend", "shard_map", "--num_processes", 2,
-                   "--process_id", i, "--port", port) for i in range(2)]
+    procs = [start("--devices", 4, "--num_processes", 2, "--process_id", i, "--port", port,
+                   "--small", "--steps", 2, "--weighting", "ew,mgda-ub") for i in range(2)]
     results = [finish(p) if i == 0 else procs[1].communicate(timeout=600) for i, p in
                enumerate(procs)]
     assert procs[1].returncode == 0, results[1][1][-3000:]
     two = results[0]
     assert two["processes"] == 2 and two["devices"] == 8
-    assert_same_run(two, runs["sm8"])
+    for spec in ("ew", "mgda-ub"):
+        assert_same_run(two["runs"][spec], runs["sm8"]["runs"][spec], name=spec)
 
 
 def test_bfloat16_trains_and_tracks_float32():
-    f32 = start("--devices", 1, "--steps", 6, "--lr", 3e-3)
-    bf16 = start("--devices", 1, "--steps", 6, "--lr", 3e-3, "--dtype", "bfloat16")
-    a, b = finish(f32), finish(bf16)
+    f32 = start("--devices", 1, "--steps", 6, "--lr", 3e-3, "--small")
+    bf16 = start("--devices", 1, "--steps", 6, "--lr", 3e-3, "--dtype", "bfloat16", "--small")
+    a, b = finish(f32)["runs"]["ew"], finish(bf16)["runs"]["ew"]
     la, lb = np.sum(a["losses"], axis=1), np.sum(b["losses"], axis=1)
     assert lb[-1] < lb[0]  # bf16 trains
     np.testing.assert_allclose(lb, la, rtol=0.05)  # and stays close to float32

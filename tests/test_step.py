@@ -84,19 +84,6 @@ def test_representation_mode_weights_and_update_match_a_reference():
                          grads[name], ref_own[name])
 
 
-def test_representation_mode_accumulation_equals_one_batch():
-    results = {}
-    for accum in (1, 2):
-        cfg, comp = build("pcgrad", "representation", accum=accum)
-        scfg = comp.step_config(cfg)
-        state, batch = prepared_batch(cfg, comp, scfg)
-        fn = on_one_device(lambda: step.train_step(scfg, state, batch)[1])
-        results[accum] = fn()
-    for k in results[1]:
-        np.testing.assert_allclose(results[2][k], results[1][k], rtol=2e-4, atol=1e-6,
-                                   err_msg=k)
-
-
 @pytest.mark.parametrize("weighting, space, match", [
     ("ew", "representation", "applies to gradient methods only.*'ew' weighs losses"),
     ("mgda", "features", "grad_space='features' is unknown.*'params', 'representation'"),

@@ -5,7 +5,8 @@ r"""The Δm table: every weighting strategy against single-task models, at the s
 
 Trains one single-task model per task (`<workdir>/single_<task>`: the config with
 `tasks.names` = that task and `ew`) and one multi-task model per strategy
-(`<workdir>/mtl_<strategy>`), each with `mtlgen_jax.train.train_and_evaluate`,
+(`<workdir>/mtl_<strategy>`; `<name>-ub`: a gradient method in representation
+mode), each with `mtlgen_jax.train.train_and_evaluate`,
 then writes `<workdir>/delta_m.md` and `<workdir>/delta_m.csv`.
 
 Budget convention: every model trains the same number of steps (`--steps`, else
@@ -190,34 +191,56 @@ def strategy_hparams(weighting_cfg: ml_collections.ConfigDict, name: str) -> dic
     return {k: v for k, v in weighting_hparams(weighting_cfg).items() if k in accepted}
 
 
+UB_SUFFIX = "-ub"  # a gradient method in representation mode, e.g. 'mgda-ub'
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """'mgda-ub' -> ('mgda', 'representation'); 'mgda' -> ('mgda', 'params')."""
+    if spec.endswith(UB_SUFFIX):
+        return spec[: -len(UB_SUFFIX)], "representation"
+    return spec, "params"
+
+
 def parse_strategies(text: str | Sequence[str], config: ml_collections.ConfigDict) -> tuple:
-    """Strategy names from 'a,b,c'; each is built once so a bad one fails now.
+    """Strategy specs from 'a,b,c'; each is built once so a bad one fails now.
+
+    A spec is a strategy name, or a gradient method's name + '-ub' for its
+    representation mode (``weighting.grad_space='representation'``), e.g. 'mgda-ub'.
 
     Raises:
       ValueError: no name, an unknown name or bad hyperparameters (the weighting
-        module's message), or a `config.weighting` key that no listed strategy takes.
+        module's message), '-ub' on a loss weighting, or a `config.weighting` key
+        that no listed strategy takes.
     """
     items = text.split(",") if isinstance(text, str) else list(text)
-    names = tuple(dict.fromkeys(s.strip() for s in items if s.strip()))
-    if not names:
+    specs = tuple(dict.fromkeys(s.strip() for s in items if s.strip()))
+    if not specs:
         raise ValueError("--strategies is empty; give comma-separated names from "
-                         f"{', '.join(weighting.NAMES)}")
+                         f"{', '.join(weighting.NAMES)} (a gradient method + '-ub': its "
+                         "representation mode)")
     num_tasks = len(task_names(config))
-    for name in names:
-        weighting.create(name, num_tasks, **strategy_hparams(config.weighting, name))
+    for spec in specs:
+        name, space = split_spec(spec)
+        strategy = weighting.create(name, num_tasks, **strategy_hparams(config.weighting, name))
+        if space != "params" and not strategy.uses_task_grads:
+            raise ValueError(f"{spec!r}: '{UB_SUFFIX}' (representation mode) applies to gradient "
+                             f"methods only; {name!r} weighs losses.")
+    names = {split_spec(s)[0] for s in specs}
     extra = set(weighting_hparams(config.weighting))
     unused = sorted(extra - {k for n in names for k in strategy_hparams(config.weighting, n)})
     if unused:
         raise ValueError(f"config.weighting.{unused[0]} is a hyperparameter of none of "
-                         f"{', '.join(names)}")
-    return names
+                         f"{', '.join(specs)}")
+    return specs
 
 
-def _variant(config, *, tasks: str, strategy: str, hparams: dict, steps: int):
+def _variant(config, *, tasks: str, strategy: str, hparams: dict, steps: int,
+             grad_space: str = "params"):
     cfg = config.copy_and_resolve_references()
     cfg.unlock()
     cfg.tasks.names = tasks
-    cfg.weighting = ml_collections.ConfigDict(dict(name=strategy, **hparams))
+    cfg.weighting = ml_collections.ConfigDict(dict(name=strategy, grad_space=grad_space,
+                                                   **hparams))
     cfg.num_train_steps = steps
     return cfg
 
@@ -227,10 +250,12 @@ def single_task_config(config, task: str, steps: int) -> ml_collections.ConfigDi
     return _variant(config, tasks=task, strategy="ew", hparams={}, steps=steps)
 
 
-def multi_task_config(config, strategy: str, steps: int) -> ml_collections.ConfigDict:
-    """`config` with weighting `strategy` (and its hyperparameters), `steps` steps."""
-    return _variant(config, tasks=config.tasks.names, strategy=strategy,
-                    hparams=strategy_hparams(config.weighting, strategy), steps=steps)
+def multi_task_config(config, spec: str, steps: int) -> ml_collections.ConfigDict:
+    """`config` with weighting `spec` (a name or 'name-ub'), its hyperparameters, `steps`."""
+    name, space = split_spec(spec)
+    return _variant(config, tasks=config.tasks.names, strategy=name,
+                    hparams=strategy_hparams(config.weighting, name), steps=steps,
+                    grad_space=space)
 
 
 # --- the experiment -------------------------------------------------------------------
@@ -373,6 +398,9 @@ def main(argv: Sequence[str]) -> None:
     import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")  # tf.data must not take accelerator memory
+    from mtlgen_jax import cpu_devices
+
+    cpu_devices.configure(f.config)  # CPU hosts: one JAX device per core (see the module)
     run_experiment(f.config, f.workdir, f.strategies, steps=f.steps)
     path = os.path.join(f.workdir, "delta_m.md")
     with open(path) as fh:

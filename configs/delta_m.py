@@ -1,0 +1,39 @@
+"""The Δm experiment: every weighting strategy vs single-task models, on a 2-core CPU.
+
+    python -m mtlgen_jax.experiments.delta_m --config configs/delta_m.py \
+        --workdir runs/delta_m --strategies ew,uw,dwa,rlw,gls,famo,gradnorm,pcgrad,\
+gradvac,mgda,cagrad,imtl,nash_mtl,aligned_mtl,upgrad,mgda-ub,pcgrad-ub,cagrad-ub
+
+The default config's four restoration tasks on `photo_patches` (32x32), each as a
+*regression* (the network predicts the clean image in one pass), so every metric
+is deterministic and evaluation costs one forward pass: differences between rows
+are differences of optimisation, not of sampler noise. A narrower U-Net (width 16,
+0.28M parameters) and 400 steps at batch 32 keep each model to a few minutes, so
+the whole table (4 single-task models + 18 strategies) trains in about an hour.
+
+`<gradient method>-ub` rows take the method's per-task gradients with respect to
+the shared representation (`weighting.grad_space='representation'`).
+Results: README, "Multi-task strategies".
+"""
+
+from configs import default
+
+
+def get_config(variant: str = ""):
+    c = default.get_config()
+    c.num_train_steps = 400
+    c.batch_size = 32
+    c.warmup_steps = 50
+    c.learning_rate = 2e-3
+    c.log_every_steps = 25
+    c.eval_every_steps = 400
+    c.checkpoint_every_steps = 400
+    c.keep_checkpoints = 1
+    c.model.width = 16
+    for name in ("denoise", "inpaint", "super_resolve", "colorize"):
+        c.tasks[name] = dict(c.tasks[name], objective="regression")
+    c.eval.batch_size = 64
+    c.eval.num_batches = 4  # 256 held-out crops per task
+    if variant == "tiny":
+        default.shrink(c)
+    return c
