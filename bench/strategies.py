@@ -3,8 +3,9 @@
     python bench/strategies.py [--json PATH] [--steps 3] [--rounds 2] [--only ew,mgda]
 
 Every name of ``mtlgen_jax.weighting.NAMES`` with its default hyperparameters
-(``static`` gets weights=[1]*K). Loss weightings need one backward pass;
-gradient methods need the K per-task gradients of the shared backbone (a
+(``static`` gets weights=[1]*K), and every gradient method again in representation
+mode (``<name>-ub``: ``weighting.grad_space='representation'``). Loss weightings
+need one backward pass; gradient methods need the K per-task gradients of the shared backbone (a
 vmapped VJP) plus their own solve, so their ratio is mostly K backward passes
 over one. The model is small (16x16 images, width 16, two levels) so the K=4
 default tasks and all strategies compile and run in a few minutes on a CPU;
@@ -66,16 +67,21 @@ def main(argv=None) -> dict:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     from mtlgen_jax import weighting
 
-    names = ["ew"] + [n for n in (args.only.split(",") if args.only else weighting.NAMES)
+    every = list(weighting.NAMES) + [
+        f"{n}-ub" for n in weighting.NAMES if weighting.create(n, 2, **(
+            {"weights": [1.0, 1.0]} if n == "static" else {})).uses_task_grads]
+    names = ["ew"] + [n for n in (args.only.split(",") if args.only else every)
                       if n and n != "ew"]
     runs = {}
     for name in names:
         config = common.load_config(args.config)
         if not args.full_model:
             small(config)
-        config.weighting.name = name
+        base_name, ub = (name[:-3], True) if name.endswith("-ub") else (name, False)
+        config.weighting.name = base_name
+        config.weighting.grad_space = "representation" if ub else "params"
         k = len([n for n in str(config.tasks.names).split(",") if n.strip()])
-        if name == "static":
+        if base_name == "static":
             config.weighting.weights = [1.0] * k
         bench = common.StepBench(config, common.synthetic_info(config))
         batches = bench.device_batches(2)

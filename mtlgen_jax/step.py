@@ -20,8 +20,8 @@ import numpy as np
 import optax
 
 from mtlgen_jax import diffusion
-from mtlgen_jax.weighting.task_grads import gram as weighting_gram
 from mtlgen_jax.tasks import Task
+from mtlgen_jax.weighting.task_grads import gram as weighting_gram
 
 AXIS = "data"
 
