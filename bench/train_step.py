@@ -3,9 +3,11 @@
     python bench/train_step.py [--json PATH] [--steps 8] [--rounds 2] [--no-torch-compile]
 
 Measures, in one process and on the same synthetic batch shape:
-  * the JAX train step of ``configs/default.py`` (as ``train.py`` builds it):
+  * the JAX train step of ``configs/default.py`` (as ``train.py`` builds it, over
+    the CPU devices ``launch.py`` would split the host into: ``--cpu-devices``):
     images/s and achieved FLOP/s, with the step's FLOPs from XLA's cost analysis
-    of the compiled executable (the same executable that is timed);
+    of the compiled executable (the same executable that is timed); with several
+    devices, also the same step on one of them (``jax_1dev``);
   * the FLOP/s of a large jitted float32 matmul (the practical peak of this
     machine for XLA), measured before and after the steps (the better is kept);
   * the PyTorch peer (``bench/peers/torch_unet.py``: same U-Net, heads,
@@ -66,16 +68,17 @@ def parse_args(argv=None):
     p.add_argument("--cpu-devices", type=int, default=None,
                    help="JAX CPU devices (config.parallel.cpu_devices; default: the config's, "
                         "0 = automatic as in launch.py; 1 = a single device)")
+    p.add_argument("--no-single-device", action="store_true",
+                   help="skip the one-device JAX contender (run when there are several)")
     p.add_argument("--channels-last", action="store_true",
                    help="torch peer in channels-last memory format (slower on our CPU)")
     return p.parse_args(argv)
 
 
 class JaxContender:
-    name = "jax"
-
-    def __init__(self, config):
-        self.bench = common.StepBench(config, common.synthetic_info(config))
+    def __init__(self, config, *, devices=None, name="jax"):
+        self.name = name
+        self.bench = common.StepBench(config, common.synthetic_info(config), devices=devices)
         self.batches = self.bench.device_batches(4)
         t0 = time.perf_counter()
         self.compiled = self.bench.compiled(self.batches[0])
@@ -147,6 +150,9 @@ def main(argv=None) -> dict:
     print(f"jax: {jx.bench.num_params:,} params, compile {jx.compile_s:.1f}s, "
           f"{(jx.flops_per_step or 0) / 1e9:.2f} GFLOP/step (XLA cost analysis)")
     contenders = [jx]
+    if jax.device_count() > 1 and not args.no_single_device:
+        # The same step on one of the CPU devices: what the split into devices buys.
+        contenders.append(JaxContender(config, devices=jax.devices()[:1], name="jax_1dev"))
     torch_info = {}
     if not args.no_torch:
         import torch
@@ -194,6 +200,8 @@ def main(argv=None) -> dict:
         "images_per_sec": ips["jax"],
         "flops_per_sec": flops_per_sec,
         "matmul_flops_per_sec": peak,
+        "jax_single_device_images_per_sec": ips.get("jax_1dev"),
+        "jax_devices_over_single_device": common.ratio(ips["jax"], ips.get("jax_1dev")),
         "torch_eager_images_per_sec": ips.get("torch_eager"),
         "torch_compile_images_per_sec": ips.get("torch_compile"),
         "fraction_of_matmul_peak": common.ratio(flops_per_sec, peak),
@@ -219,7 +227,7 @@ def main(argv=None) -> dict:
     rows = []
     for name in times:
         s = st[name]
-        fl = jx.flops_per_step if name == "jax" else torch_info.get("torch_flops_per_step")
+        fl = jx.flops_per_step if name.startswith("jax") else torch_info.get("torch_flops_per_step")
         rows.append([name, ips[name], s["median_s"], s["min_s"], s["max_s"],
                      fl / s["median_s"] / 1e9 if fl else None,
                      ips[name] / ips["jax"]])
