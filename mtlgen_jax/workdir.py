@@ -64,11 +64,42 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, *, has_checkpoint: 
         os.replace(tmp, path)
 
 
+# Config keys added after the first release, with the value that reproduces the
+# behaviour of runs saved before them. `load_config` fills in the missing ones, so
+# an old workdir still restores, evaluates and resumes. Add every new key here.
+ADDED_KEYS = {
+    "grad_accum_steps": 1,
+    "async_checkpoints": True,
+    "adam_eps": 1e-8,
+    "nonfinite.policy": "halt",
+    "nonfinite.max_consecutive_skips": 5,
+    "debug.nan_step": -1,
+    "debug.nan_count": 1,
+    "debug.nan_task": "",
+    "debug.step_delay_s": 0.0,
+    "weighting.hparams": "",
+    "weighting.grad_space": "params",
+    "parallel.cpu_devices": 0,
+}
+
+
+def with_added_keys(saved: dict) -> dict:
+    """``saved`` (a config as a dict) with every missing key of ADDED_KEYS filled in."""
+    out = json.loads(json.dumps(saved))
+    for dotted, value in ADDED_KEYS.items():
+        *parents, leaf = dotted.split(".")
+        d = out
+        for part in parents:
+            d = d.setdefault(part, {})
+        d.setdefault(leaf, value)
+    return out
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run saved in its workdir."""
+    """The config a run saved in its workdir (keys added since then: their defaults)."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist: {workdir} is not a mtlgen_jax run "
                                 "directory (no config.json).")
     with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        return ml_collections.ConfigDict(with_added_keys(json.load(f)))
