@@ -91,7 +91,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.weighting.name = "ew"  # see mtlgen_jax.weighting.NAMES
     c.weighting.hparams = ""  # the strategy's hyperparameters, e.g. "c=0.4,num_iters=50"
     # Gradient methods: per-task gradients w.r.t. the shared 'params' or the shared
-    # 'representation' (the cheap "-ub" mode: K backward passes through the heads only).
+    # 'representation' (the cheap "-ub" mode: one backward pass, like a loss weighting).
     c.weighting.grad_space = "params"
 
     c.parallel = ml_collections.ConfigDict()

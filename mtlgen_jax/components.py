@@ -128,8 +128,8 @@ def grad_space(wcfg) -> str:
 
     'params' (default): the shared (backbone) parameters, K backward passes through
     the backbone. 'representation': the shared representation (the backbone's output),
-    K backward passes through the heads only and one through the backbone -- the
-    cheap "-ub" mode (see ``step.representation_losses_and_gradients``).
+    one backward pass through the heads and one through the backbone -- the cheap
+    "-ub" mode (see ``step.representation_losses_and_gradients``).
     """
     return wcfg.get("grad_space", "params")
 

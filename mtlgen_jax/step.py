@@ -278,9 +278,10 @@ def representation_losses_and_gradients(cfg: StepConfig, params, batch, split_fn
 
     The strategy's weights come from per-task gradients with respect to the shared
     representation instead of the shared parameters -- the cheap "-ub" mode of MGDA-UB
-    (Sener & Koltun 2018) and of LibMTL's ``rep_grad``: the K backward passes stop at
-    the backbone's output, and the backbone is differentiated once, with the weighted
-    cotangent ``sum_k w_k dL_k/dz``. Its update is therefore ``sum_k w_k grad L_k``
+    (Sener & Koltun 2018) and of LibMTL's ``rep_grad``: one backward pass through the
+    heads gives every task's gradient at the backbone's output (each example enters
+    only its own task's loss), and the backbone is differentiated once, with the
+    weighted cotangent ``sum_k w_k dL_k/dz`` -- the cost of a loss weighting. Its update is therefore ``sum_k w_k grad L_k``
     over the shared parameters, with w from the representation gradients.
 
     Every example here belongs to one task, so the per-example gradients dL_k/dz of
@@ -296,7 +297,6 @@ def representation_losses_and_gradients(cfg: StepConfig, params, batch, split_fn
         ``split_task_losses``).
     """
     k, n = len(cfg.tasks), cfg.grad_accum_steps
-    eye = jnp.eye(k, dtype=jnp.float32)
     backbone = params["backbone"]
     heads = {name: sub for name, sub in params.items() if name != "backbone"}
 
@@ -304,18 +304,22 @@ def representation_losses_and_gradients(cfg: StepConfig, params, batch, split_fn
         features_fn, head_loss_fn = split_fn(mb, i)
         z, backbone_vjp = jax.vjp(features_fn, backbone)
         local, head_vjp = jax.vjp(head_loss_fn, z, heads)
-        dz, dheads = jax.vmap(head_vjp)(eye.astype(local.dtype))  # dz [K, B, H, W, F]
-        return local, dz, jax.tree.map(lambda g: g.sum(0), dheads), backbone_vjp
+        # One backward pass through the heads gives every task's representation gradient:
+        # example b enters only its own task's loss, through its own task's head, so
+        # dL_k/dz_b = dz_b if task(b) == k else 0 (no K-fold vmap needed).
+        dz, head_grads = head_vjp(jnp.ones_like(local))  # dz [B, H, W, F]
+        onehot = jax.nn.one_hot(mb["task_id"], k, dtype=jnp.float32)  # [B, K]
+        pooled = jnp.einsum("bk,bhwf->khwf", onehot, dz.astype(jnp.float32))
+        return local, pooled, head_grads, backbone_vjp, dz, onehot
 
     if n == 1:
-        local, dz, head_grads, backbone_vjp = rep_pass(0, batch)
-        pooled = dz.sum(axis=1, dtype=jnp.float32)  # [K, H, W, F]
+        local, pooled, head_grads, backbone_vjp, dz, onehot = rep_pass(0, batch)
     else:
         micro = _micro(batch, n)
 
         def summed(i, mb):
-            local, dz, head_grads, _ = rep_pass(i, mb)
-            return local, dz.sum(axis=1, dtype=jnp.float32), head_grads
+            local, pooled, head_grads, *_ = rep_pass(i, mb)
+            return local, pooled, head_grads
 
         first = jax.tree.map(lambda x: x[0], micro)
         init = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
@@ -325,9 +329,9 @@ def representation_losses_and_gradients(cfg: StepConfig, params, batch, split_fn
     pooled = jax.lax.psum(pooled, AXIS)
     out = cfg.strategy.apply_gram(weighting_gram(pooled), losses, wstate, key)
     w = out.weights
-    if n == 1:
-        cotangent = jnp.tensordot(w.astype(jnp.float32), dz.astype(jnp.float32), axes=1)
-        backbone_grads = backbone_vjp(cotangent.astype(dz.dtype))[0]
+    if n == 1:  # sum_k w_k dL_k/dz: each example's gradient scaled by its task's weight
+        scale = (onehot @ w.astype(jnp.float32)).astype(dz.dtype)  # [B]
+        backbone_grads = backbone_vjp(dz * scale[:, None, None, None])[0]
     else:
         def weighted(i, mb):
             features_fn, head_loss_fn = split_fn(mb, i)
