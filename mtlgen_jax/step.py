@@ -281,8 +281,9 @@ def representation_losses_and_gradients(cfg: StepConfig, params, batch, split_fn
     (Sener & Koltun 2018) and of LibMTL's ``rep_grad``: one backward pass through the
     heads gives every task's gradient at the backbone's output (each example enters
     only its own task's loss), and the backbone is differentiated once, with the
-    weighted cotangent ``sum_k w_k dL_k/dz`` -- the cost of a loss weighting. Its update is therefore ``sum_k w_k grad L_k``
-    over the shared parameters, with w from the representation gradients.
+    weighted cotangent ``sum_k w_k dL_k/dz`` -- the cost of a loss weighting. Its
+    update is therefore ``sum_k w_k grad L_k`` over the shared parameters, with w from
+    the representation gradients.
 
     Every example here belongs to one task, so the per-example gradients dL_k/dz of
     different tasks live on different examples and are always orthogonal. The
