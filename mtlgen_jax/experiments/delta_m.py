@@ -321,6 +321,7 @@ def build_rows(tasks: Sequence[str], single: Mapping[str, tuple[dict, float]],
 def notes(config, tasks: Sequence[str], steps: int, used: Mapping[str, bool]) -> str:
     """The Markdown text above the table: what was compared and how."""
     left_out = [t for t in tasks if not any(k.startswith(t + "/") for k in used)]
+    sampled = any(config.tasks[t].get("objective", "diffusion") == "diffusion" for t in tasks)
     lines = [
         "# Δm: multi-task weighting strategies vs. single-task models",
         "",
@@ -337,7 +338,9 @@ def notes(config, tasks: Sequence[str], steps: int, used: Mapping[str, bool]) ->
         "",
         "Metrics: final evaluation of each run (EMA parameters, "
         f"{config.eval.num_batches} test batch(es) of {config.eval.batch_size} per task, "
-        f"{config.eval.sample_steps} sampler steps). `step_ms`: median train-step time over the "
+        + (f"{config.eval.sample_steps} sampler steps" if sampled else
+           "one forward pass per example: every task is a regression")
+        + "). `step_ms`: median train-step time over the "
         "logged windows after the first; the single-task row sums its T models. "
         f"`step_time_vs_{BASE_STRATEGY}`: relative to the `{BASE_STRATEGY}` row.",
     ]
