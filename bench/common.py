@@ -8,8 +8,6 @@ pipeline are used exactly as ``train.py`` uses them.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import importlib
 import json
 import os
@@ -37,31 +35,23 @@ def load_config(name: str = "default", variant: str = ""):
     return importlib.import_module(f"configs.{name}").get_config(variant)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Info:
-    """The fields of ``mtlgen_jax.data.DatasetInfo``, for hosts without TensorFlow."""
-
-    name: str
-    num_classes: int | None
-    channels: int
-    image_size: int
-    num_train: int
-    num_test: int
-    train_split: str
-    test_split: str
+def small_model(config, *, batch: int = 16) -> None:
+    """A small model with the config's tasks: 16x16 images, width 16, two levels -- for
+    benchmarks whose point is a ratio or a smoke run, not the default model's speed."""
+    config.batch_size = batch
+    config.dataset.image_size = 16
+    config.model.width = 16
+    config.model.channel_mult = (1, 2)
+    config.model.num_res_blocks = 1
+    config.model.attn_resolutions = (8,)
+    config.model.num_heads = 2
 
 
 def synthetic_info(config, *, num_classes: int | None = None, channels: int = 3):
-    """A DatasetInfo for synthetic batches: nothing is read, prepared or downloaded.
+    """A DatasetInfo for synthetic batches: nothing is read, prepared or downloaded
+    (``mtlgen_jax.data.info`` imports without TensorFlow, e.g. on a GPU image)."""
+    from mtlgen_jax.data.info import DatasetInfo
 
-    ``mtlgen_jax.data`` imports TensorFlow; where it is missing (the GPU image),
-    a dataclass with the same fields stands in (the model, tasks and step only
-    read these fields).
-    """
-    try:
-        from mtlgen_jax.data import DatasetInfo
-    except ImportError:
-        DatasetInfo = _Info  # noqa: N806
     return DatasetInfo(name="synthetic", num_classes=num_classes, channels=channels,
                        image_size=config.dataset.image_size, num_train=1024, num_test=64,
                        train_split="train", test_split="test")
@@ -70,8 +60,7 @@ def synthetic_info(config, *, num_classes: int | None = None, channels: int = 3)
 class StepBench:
     """The wrapped train step of ``config``, its state and synthetic device batches.
 
-    Built exactly as ``train.Trainer`` builds them: ``components.build``,
-    ``Parallel(backend).init_state`` and ``Parallel.wrap(train_step)`` (state donated).
+    Built by ``components.build_run``, as ``train.Trainer`` builds them (state donated).
 
     Args:
       config, info: the run's config and (synthetic) DatasetInfo.
@@ -82,17 +71,14 @@ class StepBench:
 
     def __init__(self, config, info, *, backend: str | None = None,
                  edit: Callable[[Any], Any] | None = None, devices=None):
-        from mtlgen_jax import components, parallel
-        from mtlgen_jax.step import train_step
+        from mtlgen_jax import components
 
         self.config, self.info = config, info
-        self.comp = components.build(config, info)
-        if edit is not None:
-            self.comp = edit(self.comp)
-        self.par = parallel.Parallel(backend or config.parallel.backend, devices=devices)
-        self.host_batch, _ = parallel.check_batch(config.batch_size)
-        self.init_fn = functools.partial(components.init_state, self.comp, config.seed)
-        self.step = self.par.wrap(functools.partial(train_step, self.comp.step_config(config)))
+        comp = components.build(config, info)
+        parts = components.build_run(config, comp=edit(comp) if edit else comp,
+                                     backend=backend, devices=devices)
+        self.comp, self.par, self.host_batch = parts.comp, parts.par, parts.host_batch
+        self.init_fn, self.step = parts.init_fn, parts.step_fn
         self.state = self.par.init_state(self.init_fn)
 
     @property

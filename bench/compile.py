@@ -108,7 +108,7 @@ def main(argv=None) -> dict:
         from mtlgen_jax.sampling import Sampler
 
         comp = bench.comp
-        sampler = Sampler(comp, config.diffusion.prediction)
+        sampler = Sampler(comp)
         task = comp.tasks[comp.task_names.index(args.sample_task)]
         params = par.unreplicate(bench.state).params
         key = jax.random.key(1)

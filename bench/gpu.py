@@ -46,13 +46,7 @@ def nominal_peak(kind: str) -> float | None:
 
 
 def smoke(config) -> None:
-    config.batch_size = 10
-    config.dataset.image_size = 16
-    config.model.width = 16
-    config.model.channel_mult = (1, 2)
-    config.model.num_res_blocks = 1
-    config.model.attn_resolutions = (8,)
-    config.model.num_heads = 2
+    common.small_model(config, batch=10)
     config.eval.batch_size = 10
 
 
@@ -96,7 +90,7 @@ def measure_sampling(bench, config, *, steps: int) -> dict:
     key = jax.random.key(0)
     cond = jax.jit(task.degrade)(jax.random.uniform(key, (n, s, s, 3), minval=-1, maxval=1), key)
     labels = jnp.zeros((n,), jnp.int32)
-    sampler = Sampler(comp, config.diffusion.prediction)
+    sampler = Sampler(comp)
     params = bench.par.unreplicate(bench.state).params
     run = lambda: sampler(params, task_name, cond, labels, key, steps=steps)  # noqa: E731
     t0 = time.perf_counter()

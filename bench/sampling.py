@@ -53,7 +53,7 @@ def main(argv=None) -> dict:
     clean = jax.random.uniform(key, (args.batch, s, s, c), minval=-1.0, maxval=1.0)
     cond = jax.jit(task.degrade)(clean, key)
     labels = jnp.zeros((args.batch,), jnp.int32)
-    sampler = Sampler(comp, config.diffusion.prediction)
+    sampler = Sampler(comp)
 
     def sample():
         return sampler(params, args.task, cond, labels, key, steps=args.steps,

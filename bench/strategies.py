@@ -38,17 +38,6 @@ import jax  # noqa: E402
 from bench import common  # noqa: E402
 
 
-def small(config) -> None:
-    """A small model with the default's four tasks."""
-    config.batch_size = 16
-    config.dataset.image_size = 16
-    config.model.width = 16
-    config.model.channel_mult = (1, 2)
-    config.model.num_res_blocks = 1
-    config.model.attn_resolutions = (8,)
-    config.model.num_heads = 2
-
-
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", default=None)
@@ -76,10 +65,9 @@ def main(argv=None) -> dict:
     for name in names:
         config = common.load_config(args.config)
         if not args.full_model:
-            small(config)
-        base_name, ub = (name[:-3], True) if name.endswith("-ub") else (name, False)
+            common.small_model(config)
+        base_name, config.weighting.grad_space = weighting.parse_spec(name)
         config.weighting.name = base_name
-        config.weighting.grad_space = "representation" if ub else "params"
         k = len([n for n in str(config.tasks.names).split(",") if n.strip()])
         if base_name == "static":
             config.weighting.weights = [1.0] * k

@@ -47,9 +47,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # task; the last good checkpoint stays) or 'skip' (drop the update, count it,
     # halt after max_consecutive_skips drops in a row).
     c.nonfinite = ml_collections.ConfigDict(dict(policy="halt", max_consecutive_skips=5))
-    # Testing hooks: NaN in one task's loss at one step; a host sleep per step.
-    c.debug = ml_collections.ConfigDict(dict(nan_step=-1, nan_count=1, nan_task="",
-                                             step_delay_s=0.0))
+    # A host sleep after every step (slows a run down, e.g. to interrupt it in a test).
+    c.debug = ml_collections.ConfigDict(dict(step_delay_s=0.0))
 
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = "photo_patches"  # 'photo_patches', 'digits', a TFDS catalog name, 'folder'

@@ -15,9 +15,9 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("api", "checkpoint", "cli", "components", "data", "diffusion", "evaluate",
-               "metrics", "models", "parallel", "sampling", "step", "tasks", "train",
-               "weighting", "writers", "workdir")
+_SUBMODULES = ("api", "checkpoint", "cli", "components", "cpu_devices", "data", "diffusion",
+               "evaluate", "experiments", "images", "metrics", "models", "parallel", "sampling",
+               "step", "tasks", "train", "weighting", "writers", "workdir")
 
 
 def __getattr__(name):

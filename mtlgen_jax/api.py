@@ -5,9 +5,9 @@
     cond = run.degrade("inpaint", images_uint8, rng)    # the task's condition
     out = run.sample("inpaint", condition=cond, rng=rng, steps=50)   # uint8 [N, H, W, C]
 
-Only the parameters are read from the checkpoint (no optimizer state), onto
-whatever devices are present: a checkpoint written on 8 devices restores on
-one CPU.
+Only the parameters are read from the checkpoint (no optimizer state), replicated
+over whatever devices this process has: a checkpoint written on 8 devices restores
+on one CPU. Sampling and evaluation shard their batch over those devices.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mtlgen_jax import components, data, evaluate
+from mtlgen_jax import components, data, evaluate, parallel
 from mtlgen_jax import workdir as workdir_lib
 from mtlgen_jax.checkpoint import FORMAT_VERSION, Checkpointer
+from mtlgen_jax.images import to_float, to_uint8
 from mtlgen_jax.sampling import Sampler
-from mtlgen_jax.step import to_float, to_uint8
 from mtlgen_jax.tasks import Condition
 
 
@@ -37,7 +37,7 @@ class Run:
       params: the restored parameters (EMA unless ``restore(..., ema=False)``).
     """
 
-    def __init__(self, config, comp, params, step: int, workdir: str):
+    def __init__(self, config, comp, params, step: int, workdir: str, par: parallel.Parallel):
         self.config = config
         self.comp = comp
         self.params = params
@@ -45,7 +45,8 @@ class Run:
         self.workdir = workdir
         self.tasks = comp.task_names
         self.info = comp.info
-        self._sampler = Sampler(comp, config.diffusion.prediction)
+        self._par = par
+        self._sampler = Sampler(comp)
         self._degrade = {}
 
     def __repr__(self) -> str:
@@ -53,7 +54,7 @@ class Run:
                 f"dataset={self.config.dataset.name!r}, image_size={self.info.image_size})")
 
     def _task(self, name: str):
-        return self.comp.tasks[self._sampler.task_index(name)]
+        return self.comp.tasks[self.comp.task_index(name)]
 
     def _check_images(self, images) -> np.ndarray:
         images = np.asarray(images)
@@ -94,13 +95,13 @@ class Run:
         if labels is not None:
             labels = np.asarray(labels, np.int32).reshape(-1)
             nc = self.info.num_classes or 0
-            if not getattr(t, "class_conditional", False):
+            if not t.class_conditional:
                 raise ValueError(f"task {task!r} of this run takes no class labels.")
             if labels.min() < 0 or labels.max() >= nc:
                 raise ValueError(f"labels must be in [0, {nc}); got range "
                                  f"[{labels.min()}, {labels.max()}].")
         if condition is None:
-            if task != "generate":
+            if t.has_condition:
                 raise ValueError(f"task {task!r} needs a condition: "
                                  f"run.degrade({task!r}, images, rng).")
             n = len(labels) if labels is not None else num_samples
@@ -113,9 +114,10 @@ class Run:
             labels = np.zeros((n,), np.int32)
         if len(labels) != n:
             raise ValueError(f"{len(labels)} labels for {n} conditions.")
-        out = self._sampler(self.params, task, condition, jnp.asarray(labels), rng, steps=steps,
+        (condition, labels), rows = self._par.shard_rows((condition, labels))
+        out = self._sampler(self.params, task, condition, labels, rng, steps=steps,
                             sampler=sampler, eta=eta, guidance=guidance)
-        return np.asarray(to_uint8(out))
+        return self._par.gather(to_uint8(out), rows)
 
     def evaluate(self, split: str = "test", num_batches: int = 4,
                  steps: int | None = None) -> dict[str, float]:
@@ -125,7 +127,7 @@ class Run:
         if steps is not None:
             cfg.eval.sample_steps = steps
         return evaluate.evaluate(self.comp, self._sampler, self.params, cfg,
-                                 num_batches=num_batches, step=self.step)
+                                 num_batches=num_batches, par=self._par, step=self.step)
 
     @staticmethod
     def show(*rows, scale: int = 4):
@@ -171,11 +173,9 @@ def restore(workdir: str, step: int | None = None, ema: bool = True) -> Run:
         key = "ema_params" if ema else "params"
         shapes = jax.eval_shape(lambda: components.init_params(comp.model, info,
                                                                jax.random.key(0)))
-        device = jax.local_devices()[0]
+        par = parallel.Parallel(devices=jax.local_devices())
         abstract = jax.tree.map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
-                                           sharding=jax.sharding.SingleDeviceSharding(device)),
-            shapes)
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=par.replicated), shapes)
         restored = ckpt.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.PyTreeRestore(
                 item={key: abstract}, partial_restore=True,
@@ -183,4 +183,4 @@ def restore(workdir: str, step: int | None = None, ema: bool = True) -> Run:
         params = restored.state[key]
     finally:
         ckpt.close()
-    return Run(config, comp, params, step, workdir)
+    return Run(config, comp, params, step, workdir, par)

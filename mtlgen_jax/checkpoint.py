@@ -87,11 +87,10 @@ class Checkpointer:
         return dict(restored.meta)
 
     def reached_preemption(self, step: int) -> bool:
-        """Whether the cluster signalled preemption (multi-host; orbax/JAX sync point)."""
-        try:
-            return bool(self.manager.reached_preemption(step))
-        except Exception:  # no preemption service (single process, no distributed init)
-            return False
+        """Whether the cluster signalled preemption at ``step`` (orbax's sync point: every
+        process answers alike; False where JAX runs no preemption service, e.g. one
+        process). Errors propagate: a silent False would switch preemption saves off."""
+        return bool(self.manager.reached_preemption(step))
 
     def wait(self) -> None:
         """Blocks until background saves are written (and raises their errors)."""

@@ -9,7 +9,7 @@ import numpy as np
 from absl import logging
 
 from mtlgen_jax import api, evaluate
-from mtlgen_jax.step import to_float
+from mtlgen_jax.images import to_float
 
 
 def eval_workdir(workdir: str, *, step: int | None = None) -> dict[str, float]:
@@ -37,20 +37,20 @@ def sample_workdir(workdir: str, *, step: int | None = None, num: int = 16,
                               process_index=0, process_count=1)
     batch = next(it)
     paths = []
-    for i, task in enumerate(run.tasks):
+    for i, t in enumerate(run.comp.tasks):
         rng = jax.random.key(i)
-        if task == "generate":
-            nc = run.info.num_classes
-            kw = {"labels": np.arange(num) % nc} if nc else {"num_samples": num}
-            out = run.sample(task, rng=rng, steps=steps, guidance=run.config.eval.guidance, **kw)
-            cond = np.zeros_like(to_float(batch["image"]))
-        else:
-            condition = run.degrade(task, batch["image"], rng)
-            out = run.sample(task, condition=condition, rng=rng, steps=steps)
+        if t.has_condition:
+            condition = run.degrade(t.name, batch["image"], rng)
+            out = run.sample(t.name, condition=condition, rng=rng, steps=steps)
             cond = np.asarray(condition.image)
-        path = os.path.join(workdir, "samples", f"{task}_sample_step{run.step}.png")
+        else:
+            nc = run.info.num_classes
+            kw = {"labels": np.arange(num) % nc} if t.class_conditional else {"num_samples": num}
+            out = run.sample(t.name, rng=rng, steps=steps, guidance=run.config.eval.guidance, **kw)
+            cond = np.zeros_like(to_float(batch["image"]))
+        path = os.path.join(workdir, "samples", f"{t.name}_sample_step{run.step}.png")
         evaluate.save_grid(path, cond, to_float(out), to_float(batch["image"]),
-                           show_condition=task != "generate")
+                           show_condition=t.has_condition)
         logging.info("wrote %s", path)
         paths.append(path)
     return paths

@@ -1,51 +1,65 @@
 """Builds the run's pieces from a config: model, tasks, strategy, optimizer, schedule.
 
 Every check that can fail on a bad config runs here, before anything compiles.
+``build`` reads the config once into :class:`Components` (what the step, the
+sampler and the evaluator close over); ``build_run`` adds the devices, the initial
+state and the wrapped step -- the one construction path of the train loop, the
+benchmarks and the tests.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from mtlgen_jax import diffusion, tasks, weighting
+from mtlgen_jax import diffusion, parallel, tasks, weighting
 from mtlgen_jax.models import MultiTaskModel
-from mtlgen_jax.step import StepConfig, TrainState, mixture_counts
+from mtlgen_jax.step import LossTransform, TrainState, mixture_counts, train_step
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
 class Components:
+    """The static pieces of a run, read from its config once (no arrays, no devices)."""
+
     model: MultiTaskModel
     tasks: tuple[tasks.Task, ...]
-    strategy: Any
+    strategy: Any  # a weighting strategy
     optimizer: optax.GradientTransformation
     learning_rate_fn: Any
-    schedule: Any
+    schedule: Any  # diffusion schedule
     info: Any  # data.DatasetInfo
+    prediction: str  # what the model predicts: 'eps' | 'v' | 'x0'
+    discrete_steps: int | None  # None: continuous time
+    global_batch: int
+    ema_decay: float
+    grad_accum_steps: int  # micro-batches per device per step
+    grad_space: str  # gradient methods: 'params' | 'representation' (see grad_space())
+    nonfinite: str  # 'halt' | 'skip' (see train.py)
 
     @property
     def task_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.tasks)
 
-    def step_config(self, config) -> StepConfig:
-        return StepConfig(
-            model=self.model, tasks=self.tasks, strategy=self.strategy, optimizer=self.optimizer,
-            schedule=self.schedule, prediction=config.diffusion.prediction,
-            discrete_steps=config.diffusion.discrete_steps or None,
-            global_batch=config.batch_size, ema_decay=config.ema_decay,
-            learning_rate_fn=self.learning_rate_fn, nonfinite=config.nonfinite.policy,
-            grad_accum_steps=config.grad_accum_steps,
-            grad_space=grad_space(config.weighting),
-            nan_step=config.debug.nan_step, nan_count=config.debug.nan_count,
-            nan_task=(self.task_names.index(config.debug.nan_task)
-                      if config.debug.nan_task else -1),
-        )
+    @property
+    def task_counts(self) -> np.ndarray:
+        """Examples of each task in every global batch (``step.mixture_counts``)."""
+        return mixture_counts([t.weight for t in self.tasks], self.global_batch)
+
+    def task_index(self, name: str) -> int:
+        """The task id of ``name``; a clear error for a task this run does not have."""
+        if name not in self.task_names:
+            raise ValueError(f"task {name!r} is not one this model was trained on: "
+                             f"{', '.join(self.task_names)}.")
+        return self.task_names.index(name)
 
 
 def _positive(config, *keys: str) -> None:
@@ -79,7 +93,7 @@ def build_optimizer(config) -> tuple[optax.GradientTransformation, Any]:
     )
     tx = optax.chain(
         optax.clip_by_global_norm(config.grad_clip),
-        optax.adamw(lr_fn, b1=config.adam_b1, b2=config.adam_b2, eps=config.get("adam_eps", 1e-8),
+        optax.adamw(lr_fn, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
                     weight_decay=config.weight_decay),
     )
     return tx, lr_fn
@@ -131,7 +145,7 @@ def grad_space(wcfg) -> str:
     one backward pass through the heads and one through the backbone -- the cheap
     "-ub" mode (see ``step.representation_losses_and_gradients``).
     """
-    return wcfg.get("grad_space", "params")
+    return wcfg.grad_space
 
 
 def check_grad_space(wcfg, strategy) -> None:
@@ -175,11 +189,14 @@ def build(config, info) -> Components:
                       dropout=config.model.dropout, num_heads=config.model.num_heads),
         num_classes=info.num_classes or 0, dtype=DTYPES[config.dtype],
     )
-    if config.debug.nan_task and config.debug.nan_task not in [t.name for t in task_list]:
-        raise ValueError(f"debug.nan_task={config.debug.nan_task!r} is not in tasks.names.")
     optimizer, lr_fn = build_optimizer(config)
-    return Components(model=model, tasks=task_list, strategy=strategy, optimizer=optimizer,
-                      learning_rate_fn=lr_fn, schedule=schedule, info=info)
+    return Components(
+        model=model, tasks=task_list, strategy=strategy, optimizer=optimizer,
+        learning_rate_fn=lr_fn, schedule=schedule, info=info,
+        prediction=config.diffusion.prediction,
+        discrete_steps=config.diffusion.discrete_steps or None, global_batch=config.batch_size,
+        ema_decay=config.ema_decay, grad_accum_steps=config.grad_accum_steps,
+        grad_space=grad_space(config.weighting), nonfinite=config.nonfinite.policy)
 
 
 def init_params(model: MultiTaskModel, info, rng: jax.Array):
@@ -205,3 +222,53 @@ def init_state(comp: Components, seed: int) -> TrainState:
         rng=jax.random.key_data(k_run),
         skipped=jnp.zeros((), jnp.int32),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunParts:
+    """What a train loop, a benchmark or a test needs to run steps.
+
+    Attributes:
+      comp: the static pieces (:class:`Components`).
+      par: the devices and the backend (:class:`~mtlgen_jax.parallel.Parallel`).
+      host_batch: this process's share of the global batch.
+      init_fn: ``() -> TrainState``, a fresh state (pass it to ``par.init_state``).
+      step_fn: the compiled global step ``(state, batch) -> (state, metrics)``; the
+        state is donated.
+    """
+
+    comp: Components
+    par: parallel.Parallel
+    host_batch: int
+    init_fn: Callable[[], TrainState]
+    step_fn: Callable
+
+
+def build_run(config, info=None, *, comp: Components | None = None, devices=None,
+              backend: str | None = None,
+              loss_transform: LossTransform | None = None) -> RunParts:
+    """Builds every piece of a training run from ``config`` (nothing compiles yet).
+
+    Args:
+      config: the run's config.
+      info: the dataset's ``DatasetInfo`` (default: ``data.get_info(config.dataset)``,
+        which prepares an embedded dataset on first use; pass a synthetic one to run
+        without data, as the benchmarks and tests do).
+      comp: use these components instead of ``build(config, info)`` (e.g. an
+        equivalent model in a benchmark).
+      devices: the devices to run on (default: all devices of all processes).
+      backend: overrides ``config.parallel.backend``.
+      loss_transform: see ``step.train_step`` (tests install fault injection here).
+    """
+    if comp is None:
+        if info is None:
+            from mtlgen_jax import data  # imports TensorFlow: only where the data is read
+
+            info = data.get_info(config.dataset)
+        comp = build(config, info)
+    par = parallel.Parallel(backend or config.parallel.backend, devices=devices)
+    host_batch, _ = par.check_batch(config.batch_size, config.grad_accum_steps)
+    step = functools.partial(train_step, comp, loss_transform=loss_transform)
+    return RunParts(comp=comp, par=par, host_batch=host_batch,
+                    init_fn=functools.partial(init_state, comp, config.seed),
+                    step_fn=par.wrap(step))

@@ -55,6 +55,20 @@ def psnr(a: Array, b: Array, data_range: float = 2.0) -> jax.Array:
     return 10.0 * jnp.log10(data_range**2 / mse)
 
 
+def masked_psnr(a: Array, b: Array, mask: Array | None, data_range: float = 2.0) -> jax.Array:
+    """[B] PSNR over the pixels where ``mask`` ([B, H, W, 1]) is 1 (None: all, as ``psnr``).
+
+    The masked mean squared error is ``diffusion.loss``'s (the train loss counts the
+    same pixels); an empty mask scores as a perfect match (MSE floored at 1e-10).
+    """
+    if mask is None:
+        return psnr(a, b, data_range)
+    from mtlgen_jax import diffusion
+
+    mse = diffusion.loss(_as_float(a), _as_float(b), mask, kind="l2")
+    return 10.0 * jnp.log10(data_range**2 / jnp.maximum(mse, 1e-10))
+
+
 def ssim(a: Array, b: Array, data_range: float = 2.0, filter_size: int = 11) -> jax.Array:
     """Structural similarity per example (``dm_pix.ssim``, Gaussian window, sigma 1.5).
 

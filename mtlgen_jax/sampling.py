@@ -1,7 +1,9 @@
 """Sampling a task's outputs with a trained model: DDIM / DDPM, or one regression pass.
 
 A :class:`Sampler` caches one compiled function per (task, sampler, steps,
-guidance), each a ``lax`` loop over the diffusion steps inside one jit.
+guidance), each a ``lax`` loop over the diffusion steps inside one jit. It runs
+on whatever its inputs are placed on: callers shard the batch over their devices
+with ``parallel.Parallel.shard_rows`` and read it back with ``Parallel.gather``.
 """
 
 from __future__ import annotations
@@ -22,21 +24,11 @@ class Sampler:
 
     Args:
       comp: the run's :class:`~mtlgen_jax.components.Components`.
-      prediction: what the model predicts ('eps', 'v' or 'x0').
-      in_sharding: optional sharding of the batch axis (samples run sharded over it).
     """
 
-    def __init__(self, comp, prediction: str, in_sharding=None):
+    def __init__(self, comp):
         self.comp = comp
-        self.prediction = prediction
-        self.in_sharding = in_sharding
         self._cache = {}
-
-    def task_index(self, name: str) -> int:
-        if name not in self.comp.task_names:
-            raise ValueError(f"task {name!r} is not one this model was trained on: "
-                             f"{', '.join(self.comp.task_names)}.")
-        return self.comp.task_names.index(name)
 
     def __call__(self, params, task: str, cond: Condition, labels: jax.Array, rng: jax.Array, *,
                  steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
@@ -46,15 +38,12 @@ class Sampler:
             raise ValueError(f"sampler={sampler!r} is unknown; use one of {SAMPLERS}.")
         if steps < 1:
             raise ValueError(f"steps={steps} must be >= 1.")
-        k = self.task_index(task)
+        k = self.comp.task_index(task)
         key = (k, sampler, int(steps), float(eta), float(guidance))
         if key not in self._cache:
             self._cache[key] = jax.jit(functools.partial(
                 self._sample, k, sampler=sampler, steps=int(steps), eta=float(eta),
                 guidance=float(guidance)))
-        n_shards = self.in_sharding.mesh.size if self.in_sharding is not None else 1
-        if n_shards > 1 and cond.image.shape[0] % n_shards == 0:
-            cond, labels = jax.device_put((cond, labels), self.in_sharding)
         return self._cache[key](params, cond, labels, rng)
 
     def _sample(self, k, params, cond, labels, rng, *, sampler, steps, eta, guidance):
@@ -74,11 +63,11 @@ class Sampler:
 
         def model_fn(x_t, t):
             pred = apply(x_t, t, cond_labels)
-            if guidance != 1.0 and getattr(task, "class_conditional", False):
+            if guidance != 1.0 and task.class_conditional:
                 pred = diffusion.guided(pred, apply(x_t, t, null), guidance)
             return pred
 
-        common = dict(schedule=self.comp.schedule, prediction=self.prediction, steps=steps,
+        common = dict(schedule=self.comp.schedule, prediction=self.comp.prediction, steps=steps,
                       x0_fn=lambda x0: task.postprocess(x0, cond))
         if sampler == "ddim":
             return diffusion.ddim_sample(model_fn, cond.image.shape, rng, eta=eta, **common)

@@ -9,9 +9,8 @@ same global batch computes the same numbers.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import flax.struct
 import jax
@@ -20,10 +19,16 @@ import numpy as np
 import optax
 
 from mtlgen_jax import diffusion
-from mtlgen_jax.tasks import Task
+from mtlgen_jax.images import to_float
+from mtlgen_jax.parallel import AXIS
 from mtlgen_jax.weighting.task_grads import gram as weighting_gram
 
-AXIS = "data"
+if TYPE_CHECKING:
+    from mtlgen_jax.components import Components
+
+# ``loss_transform(losses [K], step) -> losses [K]``: applied to every (micro-)batch's
+# per-task losses before the weighting sees them (e.g. fault injection in tests).
+LossTransform = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 @flax.struct.dataclass
@@ -37,32 +42,6 @@ class TrainState:
     weighting_state: Any
     rng: jax.Array  # [2] uint32 key data; the step's key is fold_in(rng, step)
     skipped: jax.Array  # [] int32 consecutive updates dropped for non-finite values
-
-
-@dataclasses.dataclass(frozen=True)
-class StepConfig:
-    """The static pieces the step closes over."""
-
-    model: Any  # MultiTaskModel
-    tasks: Sequence[Task]
-    strategy: Any  # weighting strategy
-    optimizer: optax.GradientTransformation
-    schedule: Any  # diffusion schedule
-    prediction: str  # 'eps' | 'v' | 'x0'
-    discrete_steps: int | None
-    global_batch: int
-    ema_decay: float
-    learning_rate_fn: Any
-    grad_accum_steps: int = 1  # micro-batches per device per step
-    grad_space: str = "params"  # gradient methods: 'params' | 'representation' (see below)
-    nonfinite: str = "halt"  # 'halt' | 'skip' (see train.py)
-    nan_step: int = -1  # testing hook: make one task's loss NaN from this step on ...
-    nan_count: int = 1  # ... for this many steps
-    nan_task: int = -1
-
-    @property
-    def task_counts(self) -> np.ndarray:
-        return mixture_counts([t.weight for t in self.tasks], self.global_batch)
 
 
 def mixture_counts(weights: Sequence[float], batch: int) -> np.ndarray:
@@ -81,16 +60,6 @@ def mixture_counts(weights: Sequence[float], batch: int) -> np.ndarray:
     rest = batch - counts.sum()
     counts[np.argsort(-(raw - np.floor(raw)), kind="stable")[:rest]] += 1
     return counts
-
-
-def to_float(images: jax.Array) -> jax.Array:
-    """uint8 [0, 255] -> float32 [-1, 1]."""
-    return images.astype(jnp.float32) / 127.5 - 1.0
-
-
-def to_uint8(images: jax.Array) -> jax.Array:
-    """float [-1, 1] -> uint8 [0, 255] (rounded, clipped)."""
-    return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
 def select(task_id: jax.Array, per_task: Sequence[Any]) -> Any:
@@ -112,32 +81,32 @@ def example_keys(step_key: jax.Array, local_batch: int) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(first + jnp.arange(local_batch))
 
 
-def assign_tasks(cfg: StepConfig, key: jax.Array, local_batch: int) -> jax.Array:
+def assign_tasks(comp: Components, key: jax.Array, local_batch: int) -> jax.Array:
     """[B_local] task ids: a random permutation of the mixture's fixed counts."""
-    counts = cfg.task_counts
-    ids = jnp.repeat(jnp.arange(len(counts)), counts, total_repeat_length=cfg.global_batch)
+    counts = comp.task_counts
+    ids = jnp.repeat(jnp.arange(len(counts)), counts, total_repeat_length=comp.global_batch)
     ids = jax.random.permutation(key, ids)
     start = jax.lax.axis_index(AXIS) * local_batch
     return jax.lax.dynamic_slice_in_dim(ids, start, local_batch)
 
 
-def make_inputs(cfg: StepConfig, x0, labels, task_id, keys, *, train: bool):
+def make_inputs(comp: Components, x0, labels, task_id, keys, *, train: bool):
     """Condition, noisy input, time, target and loss mask for each example."""
     k_deg, k_lab, k_t, k_eps = (keys[:, i] for i in range(4))  # keys: [B, 4]
-    conds = [per_example(t.degrade, k_deg, x0) for t in cfg.tasks]
+    conds = [per_example(t.degrade, k_deg, x0) for t in comp.tasks]
     cond = select(task_id, conds)
     ones = jnp.ones(x0.shape[:-1] + (1,), x0.dtype)
-    masks = [m if (m := t.loss_mask(c)) is not None else ones for t, c in zip(cfg.tasks, conds)]
+    masks = [m if (m := t.loss_mask(c)) is not None else ones for t, c in zip(comp.tasks, conds)]
     mask = select(task_id, masks)
     model_labels = select(task_id, [
         jax.vmap(lambda lab, k, t=t: t.model_labels(lab[None], k, train=train)[0])(labels, k_lab)
-        for t in cfg.tasks
+        for t in comp.tasks
     ])
-    is_diffusion = jnp.asarray([t.objective == "diffusion" for t in cfg.tasks])[task_id]
-    t = jax.vmap(lambda k: diffusion.sample_time(k, 1, discrete_steps=cfg.discrete_steps)[0])(k_t)
+    is_diffusion = jnp.asarray([t.objective == "diffusion" for t in comp.tasks])[task_id]
+    t = jax.vmap(lambda k: diffusion.sample_time(k, 1, discrete_steps=comp.discrete_steps)[0])(k_t)
     eps = jax.vmap(lambda k: jax.random.normal(k, x0.shape[1:], x0.dtype))(k_eps)
-    x_t = diffusion.q_sample(x0, eps, t, cfg.schedule)
-    target = diffusion.target(x0, eps, t, cfg.schedule, cfg.prediction)
+    x_t = diffusion.q_sample(x0, eps, t, comp.schedule)
+    target = diffusion.target(x0, eps, t, comp.schedule, comp.prediction)
     # Regression tasks see no noisy target (zeros, t = 1) and predict the clean image.
     b = is_diffusion[:, None, None, None]
     x_t = jnp.where(b, x_t, 0.0)
@@ -146,64 +115,64 @@ def make_inputs(cfg: StepConfig, x0, labels, task_id, keys, *, train: bool):
     return cond, x_t, t, target, mask, model_labels
 
 
-def prepare_batch(cfg: StepConfig, batch, step_key):
+def prepare_batch(comp: Components, batch, step_key):
     """Adds each example's task id and random keys (from its GLOBAL index) to the batch."""
     b = batch["image"].shape[0]
     k_assign, k_ex = jax.random.split(step_key)
-    task_id = assign_tasks(cfg, k_assign, b)
+    task_id = assign_tasks(comp, k_assign, b)
     keys = jax.vmap(lambda k: jax.random.split(k, 4))(example_keys(k_ex, b))  # [B, 4]
     return dict(batch, task_id=task_id, keys=keys)
 
 
-def _model_inputs(cfg: StepConfig, batch, *, train: bool):
+def _model_inputs(comp: Components, batch, *, train: bool):
     """The model's positional inputs, the regression target and the loss mask."""
     task_id = batch["task_id"]
     x0 = to_float(batch["image"])
-    cond, x_t, t, target, mask, model_labels = make_inputs(cfg, x0, batch["label"], task_id,
+    cond, x_t, t, target, mask, model_labels = make_inputs(comp, x0, batch["label"], task_id,
                                                            batch["keys"], train=train)
     return (x_t, cond, t, task_id, model_labels), target, mask
 
 
-def _per_task(cfg: StepConfig, pred, target, mask, task_id) -> jax.Array:
+def _per_task(comp: Components, pred, target, mask, task_id) -> jax.Array:
     """Per-task losses [K], each a sum over its examples / its GLOBAL example count."""
     l2 = diffusion.loss(pred, target, mask, kind="l2")
     l1 = diffusion.loss(pred, target, mask, kind="l1")
-    use_l1 = jnp.asarray([tk.loss == "l1" for tk in cfg.tasks])[task_id]
+    use_l1 = jnp.asarray([tk.loss == "l1" for tk in comp.tasks])[task_id]
     per_ex = jnp.where(use_l1, l1, l2)  # [B]
-    onehot = jax.nn.one_hot(task_id, len(cfg.tasks), dtype=jnp.float32)  # [B, K]
-    counts = jnp.asarray(cfg.task_counts, jnp.float32)
+    onehot = jax.nn.one_hot(task_id, len(comp.tasks), dtype=jnp.float32)  # [B, K]
+    counts = jnp.asarray(comp.task_counts, jnp.float32)
     return (onehot.T @ per_ex) / counts
 
 
-def task_losses(cfg: StepConfig, params, batch, dropout_key, *, train: bool = True):
+def task_losses(comp: Components, params, batch, dropout_key, *, train: bool = True):
     """Per-task losses [K] of a prepared (micro)batch, normalised by GLOBAL task counts.
 
     Summed over micro-batches and ``psum``-ed over devices, this is the exact per-task
     mean of the global batch.
     """
-    args, target, mask = _model_inputs(cfg, batch, train=train)
-    pred = cfg.model.apply({"params": params}, *args, train=train, rngs={"dropout": dropout_key})
-    return _per_task(cfg, pred, target, mask, batch["task_id"])
+    args, target, mask = _model_inputs(comp, batch, train=train)
+    pred = comp.model.apply({"params": params}, *args, train=train, rngs={"dropout": dropout_key})
+    return _per_task(comp, pred, target, mask, batch["task_id"])
 
 
-def split_task_losses(cfg: StepConfig, batch, dropout_key, *, train: bool = True):
+def split_task_losses(comp: Components, batch, dropout_key, *, train: bool = True):
     """``task_losses`` in two halves around the shared representation.
 
     Returns ``(features_fn, head_loss_fn)``: ``features_fn(backbone_params)`` is the
     backbone's output z [B, H, W, F] and ``head_loss_fn(z, head_params)`` the per-task
     losses [K] (``head_params``: the ``head_<task>`` subtrees), so that
-    ``head_loss_fn(features_fn(p['backbone']), heads) == task_losses(cfg, p, ...)``.
+    ``head_loss_fn(features_fn(p['backbone']), heads) == task_losses(comp, p, ...)``.
     """
-    args, target, mask = _model_inputs(cfg, batch, train=train)
+    args, target, mask = _model_inputs(comp, batch, train=train)
     task_id = batch["task_id"]
 
     def features_fn(backbone):
-        return cfg.model.apply({"params": {"backbone": backbone}}, *args, train=train,
+        return comp.model.apply({"params": {"backbone": backbone}}, *args, train=train,
                                rngs={"dropout": dropout_key}, method="features")
 
     def head_loss_fn(z, heads):
-        pred = cfg.model.apply({"params": heads}, z, task_id, method="head_outputs")
-        return _per_task(cfg, pred, target, mask, task_id)
+        pred = comp.model.apply({"params": heads}, z, task_id, method="head_outputs")
+        return _per_task(comp, pred, target, mask, task_id)
 
     return features_fn, head_loss_fn
 
@@ -223,7 +192,7 @@ def _accumulate(fn, micro, init):
     return jax.lax.scan(body, init, (jnp.arange(n), micro))[0]
 
 
-def losses_and_gradients(cfg: StepConfig, params, batch, loss_fn, wstate, key):
+def losses_and_gradients(comp: Components, params, batch, loss_fn, wstate, key):
     """Per-task losses [K] (global) and the combined gradient, via the weighting strategy.
 
     Loss-only strategies give weights, and a VJP with the weights as the cotangent
@@ -235,22 +204,22 @@ def losses_and_gradients(cfg: StepConfig, params, batch, loss_fn, wstate, key):
     loss weighting first needs the whole batch's losses, so it costs one extra
     forward pass.
     """
-    k, n = len(cfg.tasks), cfg.grad_accum_steps
+    k, n = len(comp.tasks), comp.grad_accum_steps
     eye = jnp.eye(k, dtype=jnp.float32)
     if n == 1:
         local, vjp_fn = jax.vjp(lambda p: loss_fn(p, batch, 0), params)
         losses = jax.lax.psum(local, AXIS)
-        if not cfg.strategy.uses_task_grads:
-            out = cfg.strategy.apply(losses, None, wstate, key)
+        if not comp.strategy.uses_task_grads:
+            out = comp.strategy.apply(losses, None, wstate, key)
             return losses, jax.lax.psum(vjp_fn(out.weights.astype(local.dtype))[0], AXIS), out
         task_grads = jax.vmap(vjp_fn)(eye)[0]  # leaves [K, ...]
     else:
         micro = _micro(batch, n)
         zeros_k = jnp.zeros((k,), jnp.float32)
-        if not cfg.strategy.uses_task_grads:
+        if not comp.strategy.uses_task_grads:
             losses = jax.lax.psum(_accumulate(lambda i, mb: loss_fn(params, mb, i), micro,
                                               zeros_k), AXIS)
-            out = cfg.strategy.apply(losses, None, wstate, key)
+            out = comp.strategy.apply(losses, None, wstate, key)
             w = out.weights.astype(jnp.float32)
 
             def weighted_grad(i, mb):
@@ -267,13 +236,13 @@ def losses_and_gradients(cfg: StepConfig, params, batch, loss_fn, wstate, key):
         local, task_grads = _accumulate(local_and_task_grads, micro, (zeros_k, zeros_g))
         losses = jax.lax.psum(local, AXIS)
     task_grads = jax.lax.psum(task_grads, AXIS)
-    out = cfg.strategy.apply(losses, task_grads["backbone"], wstate, key)
+    out = comp.strategy.apply(losses, task_grads["backbone"], wstate, key)
     grads = {name: (out.update if name == "backbone" else jax.tree.map(lambda g: g.sum(0), sub))
              for name, sub in task_grads.items()}
     return losses, grads, out
 
 
-def representation_losses_and_gradients(cfg: StepConfig, params, batch, split_fn, wstate, key):
+def representation_losses_and_gradients(comp: Components, params, batch, split_fn, wstate, key):
     """Gradient methods in representation mode (``grad_space='representation'``).
 
     The strategy's weights come from per-task gradients with respect to the shared
@@ -297,7 +266,7 @@ def representation_losses_and_gradients(cfg: StepConfig, params, batch, split_fn
       split_fn: ``(microbatch, i) -> (features_fn, head_loss_fn)`` (see
         ``split_task_losses``).
     """
-    k, n = len(cfg.tasks), cfg.grad_accum_steps
+    k, n = len(comp.tasks), comp.grad_accum_steps
     backbone = params["backbone"]
     heads = {name: sub for name, sub in params.items() if name != "backbone"}
 
@@ -328,7 +297,7 @@ def representation_losses_and_gradients(cfg: StepConfig, params, batch, split_fn
         local, pooled, head_grads = _accumulate(summed, micro, init)
     losses = jax.lax.psum(local, AXIS)
     pooled = jax.lax.psum(pooled, AXIS)
-    out = cfg.strategy.apply_gram(weighting_gram(pooled), losses, wstate, key)
+    out = comp.strategy.apply_gram(weighting_gram(pooled), losses, wstate, key)
     w = out.weights
     if n == 1:  # sum_k w_k dL_k/dz: each example's gradient scaled by its task's weight
         scale = (onehot @ w.astype(jnp.float32)).astype(dz.dtype)  # [B]
@@ -343,67 +312,66 @@ def representation_losses_and_gradients(cfg: StepConfig, params, batch, split_fn
     return losses, grads, out
 
 
-def _inject_nan(cfg: StepConfig, losses: jax.Array, step: jax.Array) -> jax.Array:
-    """Testing hook: task ``nan_task``'s loss (and so its gradient) is NaN at steps
-    ``nan_step .. nan_step + nan_count - 1``."""
-    if cfg.nan_step < 0:
-        return losses
-    at = (step >= cfg.nan_step) & (step < cfg.nan_step + cfg.nan_count)
-    hit = at & (jnp.arange(losses.shape[0]) == cfg.nan_task)
-    return losses * jnp.where(hit, jnp.nan, 1.0)
-
-
-def train_step(cfg: StepConfig, state: TrainState, batch) -> tuple[TrainState, dict]:
+def train_step(comp: Components, state: TrainState, batch, *,
+               loss_transform: LossTransform | None = None) -> tuple[TrainState, dict]:
     """One optimisation step on this device's slice of the batch (call under a mesh axis).
 
-    Non-finite losses or gradients: with ``cfg.nonfinite == 'skip'`` the update is
+    Non-finite losses or gradients: with ``comp.nonfinite == 'skip'`` the update is
     dropped (params, optimizer, EMA and weighting state stay bitwise unchanged; the
     step and data still advance) and ``skipped`` counts consecutive drops; with
     'halt' the update is applied and the host loop stops before anything is saved.
+
+    Args:
+      comp: the run's static pieces (``components.build``).
+      state: the replicated train state.
+      batch: this device's ``{'image': uint8 [B, H, W, C], 'label': int32 [B]}``.
+      loss_transform: optional ``(losses [K], step) -> losses [K]`` applied to each
+        (micro-)batch's per-task losses (see ``LossTransform``).
     """
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     k_batch, k_drop, k_weight = jax.random.split(step_key, 3)
-    batch = prepare_batch(cfg, batch, k_batch)
+    batch = prepare_batch(comp, batch, k_batch)
     k_drop = jax.random.fold_in(k_drop, jax.lax.axis_index(AXIS))
+    transform = (lambda losses: losses) if loss_transform is None else (
+        lambda losses: loss_transform(losses, state.step))
 
     def loss_fn(p, mb, i):
-        losses = task_losses(cfg, p, mb, jax.random.fold_in(k_drop, i))
-        return _inject_nan(cfg, losses, state.step)
+        return transform(task_losses(comp, p, mb, jax.random.fold_in(k_drop, i)))
 
     def split_fn(mb, i):
-        features_fn, head_loss_fn = split_task_losses(cfg, mb, jax.random.fold_in(k_drop, i))
-        return features_fn, lambda z, h: _inject_nan(cfg, head_loss_fn(z, h), state.step)
+        features_fn, head_loss_fn = split_task_losses(comp, mb, jax.random.fold_in(k_drop, i))
+        return features_fn, lambda z, h: transform(head_loss_fn(z, h))
 
     # losses: [K] exact global per-task means; grads: the combined update direction.
-    if cfg.grad_space == "representation":
+    if comp.grad_space == "representation":
         losses, grads, wout = representation_losses_and_gradients(
-            cfg, state.params, batch, split_fn, state.weighting_state, k_weight)
+            comp, state.params, batch, split_fn, state.weighting_state, k_weight)
     else:
-        losses, grads, wout = losses_and_gradients(cfg, state.params, batch, loss_fn,
+        losses, grads, wout = losses_and_gradients(comp, state.params, batch, loss_fn,
                                                    state.weighting_state, k_weight)
     grad_norm = optax.global_norm(grads)
     finite = jnp.all(jnp.isfinite(losses)) & jnp.isfinite(grad_norm)
-    updates, opt_state = cfg.optimizer.update(grads, state.opt_state, state.params)
+    updates, opt_state = comp.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # EMA with the usual warm-up so early averages are not dominated by the init.
-    decay = jnp.minimum(cfg.ema_decay, (1.0 + state.step) / (10.0 + state.step))
+    decay = jnp.minimum(comp.ema_decay, (1.0 + state.step) / (10.0 + state.step))
     ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               ema_params=ema, weighting_state=wout.state,
                               skipped=jnp.zeros_like(state.skipped))
-    if cfg.nonfinite == "skip":
+    if comp.nonfinite == "skip":
         kept = state.replace(step=state.step + 1, skipped=state.skipped + 1)
         new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, kept)
     metrics = {
         "loss": jnp.sum(wout.weights * losses),
-        "lr": cfg.learning_rate_fn(state.step),
+        "lr": comp.learning_rate_fn(state.step),
         "grad_norm": grad_norm,
         "update_norm": optax.global_norm(updates),
         "param_norm": optax.global_norm(params),
         "finite": finite.astype(jnp.float32),
         "skipped": new_state.skipped.astype(jnp.float32),
     }
-    for i, t in enumerate(cfg.tasks):
+    for i, t in enumerate(comp.tasks):
         metrics[f"loss/{t.name}"] = losses[i]
         metrics[f"weight/{t.name}"] = wout.weights[i]
     for name, value in wout.metrics.items():

@@ -6,22 +6,22 @@ importable and usable from a notebook too.
 
 from __future__ import annotations
 
-import functools
 import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 import jax
 import ml_collections
 from absl import logging
 from tqdm import tqdm
 
-from mtlgen_jax import components, data, evaluate, parallel
+from mtlgen_jax import components, data, evaluate
 from mtlgen_jax import workdir as workdir_lib
 from mtlgen_jax.checkpoint import Checkpointer
 from mtlgen_jax.sampling import Sampler
-from mtlgen_jax.step import TrainState, train_step
+from mtlgen_jax.step import LossTransform, TrainState
 from mtlgen_jax.writers import MetricWriter
 
 
@@ -38,16 +38,43 @@ def _install_sigterm(trainer) -> object:
     return signal.signal(signal.SIGTERM, handler)
 
 
-class Trainer:
-    """Holds a run's pieces; ``run()`` trains to ``config.num_train_steps``."""
+class OneStepLate:
+    """Holds one step's device values until the next step is dispatched, then hands them
+    to ``fn``: reading a step's metrics on the host never stalls the device pipeline."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    def __init__(self, fn: Callable[..., None]):
+        self.fn = fn
+        self.held = None
+
+    def put(self, *item) -> None:
+        """Hands over what was held, then holds ``item``."""
+        self.flush()
+        self.held = item
+
+    def flush(self) -> None:
+        """Hands over what is held (if anything) now."""
+        if self.held is not None:
+            item, self.held = self.held, None
+            self.fn(*item)
+
+
+class Trainer:
+    """Holds a run's pieces; ``run()`` trains to ``config.num_train_steps``.
+
+    Args:
+      config: the run's config.
+      workdir: the run directory (checkpoints, logs, samples).
+      loss_transform: see ``step.train_step`` (tests inject faults here).
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, *,
+                 loss_transform: LossTransform | None = None):
         self.config = config
         self.workdir = workdir
         self.info = data.get_info(config.dataset)
-        self.comp = components.build(config, self.info)
-        self.par = parallel.Parallel(config.parallel.backend)
-        self.host_batch, _ = parallel.check_batch(config.batch_size, config.grad_accum_steps)
+        parts = components.build_run(config, self.info, loss_transform=loss_transform)
+        self.comp, self.par, self.host_batch = parts.comp, parts.par, parts.host_batch
+        self.init_fn, self.step_fn = parts.init_fn, parts.step_fn
         self.is_main = jax.process_index() == 0
         workdir_lib.check_writable(workdir)
         self.ckpt = Checkpointer(workdir, every=config.checkpoint_every_steps,
@@ -58,11 +85,7 @@ class Trainer:
         self.skipped_total = 0
         self.preempted = False
         self._sigterm = False
-        self.init_fn = functools.partial(components.init_state, self.comp, config.seed)
-        self.step_fn = self.par.wrap(functools.partial(train_step, self.comp.step_config(config)))
-        self.sampler = Sampler(self.comp, config.diffusion.prediction,
-                               in_sharding=None if self.par.backend == "pmap"
-                               else self.par.batch_sharding)
+        self.sampler = Sampler(self.comp)
 
     # --- state --------------------------------------------------------------------------
     def initial_state(self) -> tuple[TrainState, int]:
@@ -72,8 +95,7 @@ class Trainer:
             return self.par.init_state(self.init_fn), 0
         abstract = jax.eval_shape(self.init_fn)
         state, meta = self.ckpt.restore(latest, self.par.abstract_state(abstract))
-        if self.par.backend == "pmap":
-            state = self.par.replicate(state)
+        state = self.par.place_restored(state)
         logging.info("resumed from step %d in %s", latest, self.workdir)
         return state, int(meta.get("data_position", latest))
 
@@ -100,8 +122,8 @@ class Trainer:
                    dynamic_ncols=True, desc="train")
         self.preempted, self._sigterm = False, False
         previous_handler = _install_sigterm(self)
-        unchecked = None  # (step, device metrics) whose finiteness is not yet checked
-        pending = None  # (step, device metrics, images/s): logged one step later
+        checks = OneStepLate(self._check)  # each step's finiteness, read one step late
+        logs = OneStepLate(lambda *a: self._log(writer, bar, *a))  # log lines, likewise
         t_log, n_log = time.perf_counter(), 0
         try:
             for step in range(start, cfg.num_train_steps):
@@ -110,16 +132,11 @@ class Trainer:
                 position += 1
                 n_log += 1
                 done = step + 1
-                # Check the previous step (already computed): no stall of the pipeline.
-                if unchecked is not None:
-                    self._check(*unchecked)
-                unchecked = (done, metrics)
-                if pending is not None:
-                    self._log(writer, bar, *pending)
-                    pending = None
+                checks.put(done, metrics)  # checks the previous step (already computed)
+                logs.flush()
                 if done % cfg.log_every_steps == 0 or done == cfg.num_train_steps:
                     now = time.perf_counter()
-                    pending = (done, metrics, n_log * cfg.batch_size / (now - t_log))
+                    logs.put(done, metrics, n_log * cfg.batch_size / (now - t_log))
                     t_log, n_log = now, 0
                 bar.update(1)
                 if cfg.debug.step_delay_s:
@@ -127,8 +144,7 @@ class Trainer:
                 preempt = self._sigterm or self.ckpt.reached_preemption(done)
                 final = done == cfg.num_train_steps
                 if preempt or final or done % cfg.checkpoint_every_steps == 0:
-                    self._check(*unchecked)  # never save a non-finite state
-                    unchecked = None
+                    checks.flush()  # never save a non-finite state
                     self.save(done, state, position, force=preempt or final)
                 if preempt:
                     self.ckpt.wait()
@@ -137,15 +153,11 @@ class Trainer:
                                     "command again to continue.", done, self.ckpt.directory)
                     break
                 if cfg.eval.num_batches and (done % cfg.eval_every_steps == 0 or final):
-                    if pending is not None:
-                        self._log(writer, bar, *pending)
-                        pending = None
+                    logs.flush()
                     self.evaluate(state, done, writer, final=final)
                     t_log = time.perf_counter()  # images/s counts training time only
-            if unchecked is not None:
-                self._check(*unchecked)
-            if pending is not None:
-                self._log(writer, bar, *pending)
+            checks.flush()
+            logs.flush()
             self.ckpt.wait()  # raises if a background save failed
         finally:
             signal.signal(signal.SIGTERM, previous_handler) if previous_handler else None
@@ -188,15 +200,11 @@ class Trainer:
     def evaluate(self, state: TrainState, step: int, writer: MetricWriter, *, final: bool):
         """Metrics on the test split and PNG grids, with the EMA parameters."""
         cfg = self.config
-        params = self.par.unreplicate(state).ema_params
-        if self.par.backend == "pmap":
-            params = jax.device_get(params)
         t0 = time.perf_counter()
         results = evaluate.evaluate(
-            self.comp, self.sampler, params, cfg,
+            self.comp, self.sampler, self.par.replicated_copy(state.ema_params), cfg,
             num_batches=cfg.eval.num_batches if final else cfg.eval.num_batches_during_training,
-            grid_dir=self.workdir if self.is_main else None, step=step,
-            shard=None if self.par.backend == "pmap" else self.par.shard_batch)
+            par=self.par, grid_dir=self.workdir if self.is_main else None, step=step)
         if self.is_main:
             writer.write(step, results)
             logging.info("eval at step %d (%.1fs):\n%s", step, time.perf_counter() - t0,

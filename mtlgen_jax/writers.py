@@ -10,7 +10,6 @@ import os
 from typing import Any
 
 import jax
-import numpy as np
 
 
 class MetricWriter:
@@ -35,12 +34,6 @@ class MetricWriter:
         for k, v in scalars.items():
             self._tb.add_scalar(k, float(v), int(step))
         self._tb.flush()
-
-    def write_image(self, step: int, tag: str, image: np.ndarray) -> None:
-        """image: uint8 [H, W, C]."""
-        if self.enabled:
-            self._tb.add_image(tag, image, int(step), dataformats="HWC")
-            self._tb.flush()
 
     def close(self) -> None:
         if self._tb is not None:

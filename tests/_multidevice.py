@@ -30,6 +30,7 @@ parser.add_argument("--lr", type=float, default=2e-3)
 parser.add_argument("--accum", type=int, default=1)
 parser.add_argument("--memory", action="store_true")  # also compile for memory_analysis
 parser.add_argument("--small", action="store_true")  # one-level U-Net, 8x8: cheap compiles
+parser.add_argument("--preemption_dir", default="")  # also ask Checkpointer.reached_preemption
 args = parser.parse_args()
 
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
@@ -43,14 +44,12 @@ if args.num_processes > 1:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(f"127.0.0.1:{args.port}", args.num_processes, args.process_id)
 
-import functools  # noqa: E402
-
 import numpy as np  # noqa: E402
 
 from configs import default  # noqa: E402
-from mtlgen_jax import components, parallel  # noqa: E402
+from mtlgen_jax import components, weighting  # noqa: E402
+from mtlgen_jax.checkpoint import Checkpointer  # noqa: E402
 from mtlgen_jax.data import DatasetInfo  # noqa: E402
-from mtlgen_jax.step import train_step  # noqa: E402
 
 INITIAL = []  # the initial TrainState on the host, from the first strategy
 
@@ -61,11 +60,11 @@ def to_host(x):
 
 
 def run(spec: str) -> dict:
-    name, ub = (spec[:-3], True) if spec.endswith("-ub") else (spec, False)
+    name, grad_space = weighting.parse_spec(spec)
     cfg = default.get_config("tiny")
     cfg.batch_size = args.batch
     cfg.weighting.name = name
-    cfg.weighting.grad_space = "representation" if ub else "params"
+    cfg.weighting.grad_space = grad_space
     if name == "mgda":
         cfg.weighting.hparams = "num_iters=50"  # also exercises the hparams string
     if name == "static":
@@ -84,15 +83,13 @@ def run(spec: str) -> dict:
         cfg.model.channel_mult, cfg.model.attn_resolutions = (1,), ()
     info = DatasetInfo(name="synthetic", num_classes=None, channels=3, image_size=size,
                        num_train=64, num_test=8, train_split="train", test_split="test")
-    comp = components.build(cfg, info)
-    par = parallel.Parallel(args.backend)
-    host_batch, _ = parallel.check_batch(cfg.batch_size)
+    parts = components.build_run(cfg, info, backend=args.backend)
+    comp, par, host_batch, step = parts.comp, parts.par, parts.host_batch, parts.step_fn
     if not INITIAL:  # the model's init compiles once; every strategy starts from it
-        state = par.init_state(functools.partial(components.init_state, comp, cfg.seed))
+        state = par.init_state(parts.init_fn)
         INITIAL.append(jax.tree.map(to_host, par.unreplicate(state)))
     else:
         state = par.replicate(INITIAL[0].replace(weighting_state=comp.strategy.init()))
-    step = par.wrap(functools.partial(train_step, comp.step_config(cfg)))
 
     rng = np.random.default_rng(0)
     losses, weights = [], []
@@ -130,5 +127,10 @@ out = {
     "devices": jax.device_count(),
     "processes": jax.process_count(),
 }
+if args.preemption_dir:  # orbax's preemption sync point, asked on every process at once
+    ckpt = Checkpointer(os.path.join(args.preemption_dir, f"p{args.process_id}"),
+                        async_save=False)
+    out["reached_preemption"] = ckpt.reached_preemption(1)
+    ckpt.close()
 if args.process_id == 0:
     print("RESULT " + json.dumps(out))

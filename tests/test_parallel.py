@@ -118,15 +118,19 @@ def test_step_compiles_once(runs):
     assert runs["sm8"]["runs"][SPECS[0]]["temp_bytes"] is not None  # memory_analysis
 
 
-def test_two_processes_equal_one(runs):
+def test_two_processes_equal_one(runs, tmp_path):
+    """Also: orbax's multi-host preemption sync point answers (no preemption) on a real
+    2-process run -- Checkpointer.reached_preemption no longer swallows its errors."""
     port = free_port()
     procs = [start("--devices", 4, "--num_processes", 2, "--process_id", i, "--port", port,
-                   "--small", "--steps", 2, "--weighting", "ew,mgda-ub") for i in range(2)]
+                   "--small", "--steps", 2, "--weighting", "ew,mgda-ub",
+                   "--preemption_dir", tmp_path) for i in range(2)]
     results = [finish(p) if i == 0 else procs[1].communicate(timeout=600) for i, p in
                enumerate(procs)]
     assert procs[1].returncode == 0, results[1][1][-3000:]
     two = results[0]
     assert two["processes"] == 2 and two["devices"] == 8
+    assert two["reached_preemption"] is False
     for spec in ("ew", "mgda-ub"):
         assert_same_run(two["runs"][spec], runs["sm8"]["runs"][spec], name=spec)
 
@@ -138,3 +142,34 @@ def test_bfloat16_trains_and_tracks_float32():
     la, lb = np.sum(a["losses"], axis=1), np.sum(b["losses"], axis=1)
     assert lb[-1] < lb[0]  # bf16 trains
     np.testing.assert_allclose(lb, la, rtol=0.05)  # and stays close to float32
+
+
+PADDING_CHECK = """
+import json, jax, numpy as np
+from mtlgen_jax import parallel
+out = {}
+for backend in ("shard_map", "pmap"):
+    par = parallel.Parallel(backend)
+    rows = {"x": np.arange(5 * 3, dtype=np.float32).reshape(5, 3), "y": np.arange(5)}
+    placed, n = par.shard_rows(rows)
+    doubled = jax.jit(lambda t: jax.tree.map(lambda v: v * 2, t))(placed)
+    back = par.gather(doubled, n)
+    out[backend] = {"n": n, "padded": int(placed["x"].shape[0]),
+                    "shards": len(placed["x"].addressable_shards),
+                    "ok": bool(np.array_equal(back["x"], rows["x"] * 2)
+                               and np.array_equal(back["y"], rows["y"] * 2))}
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_rows_are_padded_to_the_device_count_and_the_padding_dropped():
+    """Sampling and evaluation batches of any size run sharded over 8 devices (either
+    backend): 5 rows are padded to 8, one per device, and come back as the 5 rows."""
+    env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", PADDING_CHECK], env=env,
+                          cwd=os.path.dirname(HERE),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for backend, r in _parse(proc.stdout).items():
+        assert r == {"n": 5, "padded": 8, "shards": 8, "ok": True}, backend

@@ -9,6 +9,7 @@ import time
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -140,10 +141,21 @@ def test_partial_checkpoint_is_removed_and_previous_restored(straight, data_dir,
     assert not any("tmp" in n for n in os.listdir(ck))
 
 
+def nan_at(first_step, count, task):
+    """A loss transform (``step.train_step``'s seam): task ``task``'s loss -- and so its
+    gradient -- is NaN at steps ``first_step .. first_step + count - 1`` (0-based)."""
+    def transform(losses, step):
+        hit = (step >= first_step) & (step < first_step + count)
+        return losses * jnp.where(hit & (jnp.arange(losses.shape[0]) == task), jnp.nan, 1.0)
+
+    return transform
+
+
 def test_nan_halts_and_keeps_last_good_checkpoint(tmp_path, data_dir):
-    cfg = config(data_dir, **{"debug.nan_step": 3, "debug.nan_task": "inpaint"})
+    cfg = config(data_dir)
+    trainer = train.Trainer(cfg, str(tmp_path / "n"), loss_transform=nan_at(3, 1, task=1))
     with pytest.raises(FloatingPointError, match=r"step 4: the loss of task\(s\) inpaint"):
-        train.train_and_evaluate(cfg, str(tmp_path / "n"))
+        trainer.run()
     steps = sorted(int(s) for s in os.listdir(tmp_path / "n" / "checkpoints") if s.isdigit())
     assert steps == [2]
     state, _ = final_state(tmp_path / "n", data_dir)
@@ -154,10 +166,10 @@ def test_nan_skip_keeps_state_bitwise_then_halts(tmp_path, data_dir):
     """NaN at steps 3 and 4: step 3's update is dropped, the second drop in a row halts."""
     work = str(tmp_path / "s")
     cfg = config(data_dir, checkpoint_every_steps=1,
-                 **{"debug.nan_step": 2, "debug.nan_count": 2, "debug.nan_task": "denoise",
-                    "nonfinite.policy": "skip", "nonfinite.max_consecutive_skips": 2})
+                 **{"nonfinite.policy": "skip", "nonfinite.max_consecutive_skips": 2})
+    trainer = train.Trainer(cfg, work, loss_transform=nan_at(2, 2, task=0))
     with pytest.raises(FloatingPointError, match="2 updates in a row skipped"):
-        train.train_and_evaluate(cfg, work)
+        trainer.run()
     ckpt = Checkpointer(work)
     abstract = jax.eval_shape(train.Trainer(cfg, work).init_fn)
     before, _ = ckpt.restore(2, abstract)

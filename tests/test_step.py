@@ -24,7 +24,7 @@ def build(weighting="mgda", grad_space="params", accum=1):
     return cfg, comp
 
 
-def prepared_batch(cfg, comp, scfg):
+def prepared_batch(cfg, comp):
     rng = np.random.default_rng(0)
     batch = {"image": jnp.asarray(rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)),
              "label": jnp.zeros((8,), jnp.int32)}
@@ -43,8 +43,8 @@ def test_representation_mode_weights_and_update_match_a_reference():
     """Weights from the Gram of per-task gradients w.r.t. a shared representation offset;
     backbone update = sum_k w_k grad L_k; heads get their own task's gradient."""
     cfg, comp = build("mgda", "representation")
-    scfg = comp.step_config(cfg)
-    state, batch = prepared_batch(cfg, comp, scfg)
+    scfg = comp
+    state, batch = prepared_batch(cfg, comp)
     key = jax.random.key(7)
     drop = jax.random.key(8)
 

@@ -23,7 +23,8 @@ def images(b=8, size=16, c=3, seed=0):
 
 
 def test_registry_has_the_five_tasks():
-    assert set(tasks.names()) == {"colorize", "denoise", "generate", "inpaint", "super_resolve"}
+    own = {n for n in tasks.names() if tasks.get_class(n).__module__.startswith("mtlgen_jax.")}
+    assert own == {"colorize", "denoise", "generate", "inpaint", "super_resolve"}
 
 
 def test_denoise_noise_statistics():
@@ -145,3 +146,50 @@ def test_create_all_order_and_unknown_names():
     with pytest.raises(ValueError, match="known tasks"):
         tasks.create_all(ml_collections.ConfigDict({"names": "denoise,deblur"}), channels=3,
                          image_size=16, num_classes=0)
+
+
+def test_condition_from_a_users_input_equals_degrade():
+    """``condition`` (from a degraded photo) builds what ``degrade`` (from a clean one)
+    builds: the noisy image, the low-resolution image (x factor smaller), the gray image
+    (gray or RGB input), the image and its hole."""
+    x, key = images(), jax.random.key(3)
+    same = lambda a, b: chex.assert_trees_all_close(a, b, atol=1e-6)  # noqa: E731
+    t = make("denoise")
+    cond = t.degrade(x, key)
+    same(t.condition(cond.image), cond)
+    t = make("super_resolve", factor=2)
+    assert t.scale == 2 and make("denoise").scale == 1
+    same(t.condition(downsample(x, 2)), t.degrade(x, key))
+    t = make("colorize")
+    same(t.condition(x), t.degrade(x, key))
+    same(t.condition(luminance(x)), t.degrade(x, key))
+    t = make("inpaint")
+    cond = t.degrade(x, key)
+    hole = (1.0 - cond.mask).astype(bool)
+    same(t.condition(x, mask=hole), cond)
+
+
+def test_condition_refuses_what_a_task_does_not_take():
+    x = images()
+    with pytest.raises(ValueError, match="inpaint' needs a mask of the missing pixels"):
+        make("inpaint").condition(x)
+    with pytest.raises(ValueError, match="denoise' takes no mask"):
+        make("denoise").condition(x, mask=jnp.zeros(x.shape[:-1] + (1,), bool))
+    with pytest.raises(ValueError, match="generate' generates from nothing"):
+        make("generate").condition(x)
+    assert not tasks.get_class("generate").has_condition
+
+
+def test_score_reads_the_tasks_metrics():
+    """The default ``score`` reports each declared pixel metric, and the same for the
+    baseline; inpainting's PSNR counts the hole only."""
+    x, key = images(), jax.random.key(4)
+    t = make("inpaint")
+    cond = t.degrade(x, key)
+    perfect_in_hole = cond.image * cond.mask + x * (1 - cond.mask)
+    scores = t.score(perfect_in_hole, x, cond)
+    assert set(scores) == {"psnr", "ssim", "psnr_baseline", "ssim_baseline"}
+    np.testing.assert_allclose(scores["psnr"], 10 * np.log10(4 / 1e-10), rtol=1e-5)
+    t = make("denoise")
+    t.metrics = ("psnr",)  # a task that declares one metric is scored on it alone
+    assert set(t.score(x, x, t.degrade(x, key))) == {"psnr", "psnr_baseline"}

@@ -60,4 +60,4 @@ def test_an_old_config_json_loads_and_builds(tmp_path):
     info = DatasetInfo(name="synthetic", num_classes=None, channels=3, image_size=32,
                        num_train=64, num_test=8, train_split="train", test_split="test")
     comp = components.build(config, info)
-    assert comp.step_config(config).nonfinite == "halt"
+    assert comp.nonfinite == "halt"

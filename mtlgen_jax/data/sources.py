@@ -20,6 +20,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from mtlgen_jax.data import digits, folder, photo_patches
+from mtlgen_jax.data.info import DatasetInfo
 
 EMBEDDED = ("digits", "photo_patches")
 _EMBEDDED_BUILDERS = {
@@ -30,25 +31,6 @@ _OFFLINE_HINT = (
     "On a host without internet, prepare it elsewhere (`tfds build NAME --data_dir=DIR`), "
     "copy DIR over and set dataset.data_dir=DIR."
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-    """What the rest of the project needs to know about a configured dataset.
-
-    `num_train`/`num_test` count the whole splits (all processes together).
-    `num_classes` is None for unlabelled datasets, whose batches carry label 0.
-    `channels` and `image_size` are those of the batches the pipeline yields.
-    """
-
-    name: str
-    num_classes: int | None
-    channels: int
-    image_size: int
-    num_train: int
-    num_test: int
-    train_split: str
-    test_split: str
 
 
 @dataclasses.dataclass(frozen=True)

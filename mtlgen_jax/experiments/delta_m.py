@@ -17,9 +17,10 @@ many examples of each task, with one network instead of T.
 
 Metrics are those of each run's final evaluation (`mtlgen_jax.evaluate`, the
 `eval/<task>/<metric>` row at the last step of `metrics.jsonl`). Δm (Maninis et
-al., CVPR 2019) uses one primary metric per task: PSNR for the restoration tasks,
-the judge's accuracy for class-conditional `generate` on digits (`generate` on
-other datasets has no such metric and is left out of Δm):
+al., CVPR 2019) uses one primary metric per task, the first of its `Task.metrics`:
+PSNR for the restoration tasks, the judge's accuracy for class-conditional
+`generate` on digits (a task whose run does not report its primary metric, e.g.
+`generate` on other datasets, is left out of Δm):
 
     Δm = 100 / T * sum_t (-1)^{l_t} (M_mtl,t - M_single,t) / M_single,t,
 
@@ -47,13 +48,11 @@ from collections.abc import Callable, Mapping, Sequence
 import ml_collections
 from absl import logging
 
+from mtlgen_jax import tasks as tasks_lib
 from mtlgen_jax import weighting
 from mtlgen_jax import writers as writers_lib
 from mtlgen_jax.components import weighting_hparams
 
-# The metric Δm uses for each task (generate: only where the run reports it, i.e. digits).
-PRIMARY_METRIC = {"denoise": "psnr", "inpaint": "psnr", "super_resolve": "psnr",
-                  "colorize": "psnr", "generate": "accuracy"}
 # Metrics shown in the table, in this order, and their direction.
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "accuracy": True, "frechet": False}
 REFERENCE = "single-task"  # the method name of the reference row
@@ -191,16 +190,6 @@ def strategy_hparams(weighting_cfg: ml_collections.ConfigDict, name: str) -> dic
     return {k: v for k, v in weighting_hparams(weighting_cfg).items() if k in accepted}
 
 
-UB_SUFFIX = "-ub"  # a gradient method in representation mode, e.g. 'mgda-ub'
-
-
-def split_spec(spec: str) -> tuple[str, str]:
-    """'mgda-ub' -> ('mgda', 'representation'); 'mgda' -> ('mgda', 'params')."""
-    if spec.endswith(UB_SUFFIX):
-        return spec[: -len(UB_SUFFIX)], "representation"
-    return spec, "params"
-
-
 def parse_strategies(text: str | Sequence[str], config: ml_collections.ConfigDict) -> tuple:
     """Strategy specs from 'a,b,c'; each is built once so a bad one fails now.
 
@@ -220,12 +209,12 @@ def parse_strategies(text: str | Sequence[str], config: ml_collections.ConfigDic
                          "representation mode)")
     num_tasks = len(task_names(config))
     for spec in specs:
-        name, space = split_spec(spec)
+        name, space = weighting.parse_spec(spec)
         strategy = weighting.create(name, num_tasks, **strategy_hparams(config.weighting, name))
         if space != "params" and not strategy.uses_task_grads:
-            raise ValueError(f"{spec!r}: '{UB_SUFFIX}' (representation mode) applies to gradient "
-                             f"methods only; {name!r} weighs losses.")
-    names = {split_spec(s)[0] for s in specs}
+            raise ValueError(f"{spec!r}: '{weighting.UB_SUFFIX}' (representation mode) applies "
+                             f"to gradient methods only; {name!r} weighs losses.")
+    names = {weighting.parse_spec(s)[0] for s in specs}
     extra = set(weighting_hparams(config.weighting))
     unused = sorted(extra - {k for n in names for k in strategy_hparams(config.weighting, n)})
     if unused:
@@ -252,7 +241,7 @@ def single_task_config(config, task: str, steps: int) -> ml_collections.ConfigDi
 
 def multi_task_config(config, spec: str, steps: int) -> ml_collections.ConfigDict:
     """`config` with weighting `spec` (a name or 'name-ub'), its hyperparameters, `steps`."""
-    name, space = split_spec(spec)
+    name, space = weighting.parse_spec(spec)
     return _variant(config, tasks=config.tasks.names, strategy=name,
                     hparams=strategy_hparams(config.weighting, name), steps=steps,
                     grad_space=space)
@@ -288,8 +277,8 @@ def primary_metrics(tasks: Sequence[str], reference: Mapping[str, float]) -> dic
     """'<task>/<metric>' -> higher_is_better for the tasks that have their primary metric."""
     out = {}
     for task in tasks:
-        metric = PRIMARY_METRIC.get(task)
-        if metric is not None and f"{task}/{metric}" in reference:
+        metric = tasks_lib.get_class(task).metrics[0]
+        if f"{task}/{metric}" in reference:
             out[f"{task}/{metric}"] = HIGHER_IS_BETTER[metric]
     return out
 

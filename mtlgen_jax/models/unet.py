@@ -2,7 +2,7 @@
 
 The backbone maps an input image stack ``[B, H, W, C_in]`` plus per-example
 conditioning (diffusion time, task id and an optional class label) to feature
-maps ``[B, H, W, width]`` at full resolution. Task heads (``heads.py``) turn
+maps ``[B, H, W, width]`` at full resolution. The task heads (``multitask.py``) turn
 those features into each task's output.
 """
 

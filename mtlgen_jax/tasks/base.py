@@ -1,8 +1,10 @@
-"""The task interface: how a clean batch becomes a task's condition and loss mask.
+"""The task interface: what a task is given, what it is trained on, how it is scored.
 
 A task is one file in this package: a subclass of :class:`Task` decorated with
-:func:`register`. Everything here runs on device, inside the jitted step, on
-float images in [-1, 1].
+:func:`register`; the train step, the evaluator, the sampler, the notebook API
+and the command line ask the task, never its name. ``degrade``, ``condition``,
+``loss_mask``, ``baseline`` and ``score`` run on device (jit-able) on float
+images in [-1, 1]; ``score_samples`` runs on the host.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from typing import Any, ClassVar
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from mtlgen_jax import metrics as metrics_lib
 
 OBJECTIVES = ("diffusion", "regression")
 
@@ -39,10 +44,20 @@ class Task:
     """
 
     name: ClassVar[str] = ""
-    # Metrics the evaluator computes for this task (see evaluate.py).
+    # What the evaluator reports for this task; the first is its primary metric (Δm).
+    # Per-example metrics come from ``score`` (psnr, ssim: also for the baseline),
+    # whole-set ones from ``score_samples``; 'diversity' is the evaluator's own.
     metrics: ClassVar[tuple[str, ...]] = ("psnr", "ssim")
+    # False: generation from nothing (no condition image; ``condition`` refuses).
+    has_condition: ClassVar[bool] = True
+    # True: ``condition`` needs a mask of the missing pixels (inpainting).
+    takes_mask: ClassVar[bool] = False
     # True when many outputs fit one condition (diversity is then reported).
     ill_posed: ClassVar[bool] = False
+    # The model takes class labels (classifier-free guidance applies); see ``model_labels``.
+    class_conditional: bool = False
+    # A user's input is this many times smaller than the output (super-resolution).
+    scale: int = 1
 
     def __init__(
         self,
@@ -107,6 +122,54 @@ class Task:
     def baseline(self, cond: Condition) -> jax.Array | None:
         """The trivial restoration from the condition alone, or None."""
         return None
+
+    def condition(self, inputs: jax.Array, mask: jax.Array | None = None) -> Condition:
+        """The condition from a user's degraded image (not from a clean one: ``degrade``).
+
+        Args:
+          inputs: [B, h, w, C] in [-1, 1]: the noisy photo, the gray photo, the
+            low-resolution photo (h = H / ``scale``), the photo with a hole.
+          mask: [B, H, W, 1], 1 = missing pixel; only tasks with ``takes_mask``.
+
+        The default (a task whose input is its condition image, e.g. denoising) passes
+        ``inputs`` through.
+        """
+        self._check_condition_args(mask)
+        return Condition(image=inputs, mask=jnp.zeros(inputs.shape[:-1] + (1,), inputs.dtype))
+
+    def _check_condition_args(self, mask) -> None:
+        if not self.has_condition:
+            raise ValueError(f"task {self.name!r} generates from nothing: it takes no input "
+                             "image.")
+        if (mask is not None) != self.takes_mask:
+            raise ValueError(f"task {self.name!r} " + (
+                "needs a mask of the missing pixels (True / white = missing)."
+                if self.takes_mask else "takes no mask; pass mask=None."))
+
+    def score(self, out: jax.Array, target: jax.Array, cond: Condition) -> dict[str, jax.Array]:
+        """Per-example scores [B] of outputs against the clean targets.
+
+        The default scores each of ``metrics`` that is a pixel metric (``psnr``: over the
+        ``loss_mask`` pixels; ``ssim``) for the output and, as ``<metric>_baseline``,
+        for the task's ``baseline``.
+        """
+        mask = self.loss_mask(cond)
+        fns = {"psnr": lambda x: metrics_lib.masked_psnr(x, target, mask),
+               "ssim": lambda x: metrics_lib.ssim(x, target)}
+        base = self.baseline(cond)
+        out_scores = {}
+        for name in (m for m in self.metrics if m in fns):
+            out_scores[name] = fns[name](out)
+            if base is not None:
+                out_scores[f"{name}_baseline"] = fns[name](base)
+        return out_scores
+
+    def score_samples(self, images: np.ndarray, labels: np.ndarray,
+                      dataset_config: Any) -> dict[str, float]:
+        """Scores of all evaluated outputs together (host side; uint8 [N, H, W, C] and
+        the labels they were sampled with). The default has none."""
+        del images, labels, dataset_config
+        return {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(weight={self.weight}, objective={self.objective!r})"

@@ -35,5 +35,12 @@ class Colorize(Task):
         gray = jnp.broadcast_to(luminance(images), images.shape)
         return Condition(image=gray, mask=jnp.zeros(images.shape[:-1] + (1,), images.dtype))
 
+    def condition(self, inputs: jax.Array, mask: jax.Array | None = None) -> Condition:
+        """From a gray photo [B, H, W, 1] (or an RGB one, whose luminance is taken)."""
+        self._check_condition_args(mask)
+        gray = inputs if inputs.shape[-1] == 1 else luminance(inputs)
+        return Condition(image=jnp.broadcast_to(gray, inputs.shape[:-1] + (self.channels,)),
+                         mask=jnp.zeros(inputs.shape[:-1] + (1,), inputs.dtype))
+
     def baseline(self, cond: Condition) -> jax.Array:
         return cond.image

@@ -63,6 +63,7 @@ class Inpaint(Task):
 
     name = "inpaint"
     ill_posed = True
+    takes_mask = True
 
     def configure(self, *, mask_kinds: str = "box,stroke,half") -> None:
         kinds = tuple(k.strip() for k in mask_kinds.split(",") if k.strip())
@@ -85,8 +86,13 @@ class Inpaint(Task):
         return hole[..., None].astype(jnp.float32)
 
     def degrade(self, images: jax.Array, rng: jax.Array) -> Condition:
-        known = 1.0 - self.holes(rng, images.shape[0]).astype(images.dtype)
-        return Condition(image=images * known, mask=known)
+        return self.condition(images, self.holes(rng, images.shape[0]))
+
+    def condition(self, inputs: jax.Array, mask: jax.Array | None = None) -> Condition:
+        """From a photo [B, H, W, C] and its hole ``mask`` [B, H, W, 1] (1 = missing)."""
+        self._check_condition_args(mask)
+        known = 1.0 - mask.astype(inputs.dtype)
+        return Condition(image=inputs * known, mask=known)
 
     def loss_mask(self, cond: Condition) -> jax.Array:
         return 1.0 - cond.mask

@@ -36,14 +36,17 @@ class SuperResolve(Task):
                 f"tasks.super_resolve.factor={factor} does not fit image_size="
                 f"{self.image_size}: use 2 or 4 with an image size divisible by it."
             )
-        self.factor = int(factor)
+        self.factor = self.scale = int(factor)
 
     def degrade(self, images: jax.Array, rng: jax.Array) -> Condition:
         del rng
-        low = upsample(downsample(images, self.factor), self.factor)
-        return Condition(
-            image=jnp.clip(low, -1.0, 1.0), mask=jnp.zeros(images.shape[:-1] + (1,), images.dtype)
-        )
+        return self.condition(downsample(images, self.factor))
+
+    def condition(self, inputs: jax.Array, mask: jax.Array | None = None) -> Condition:
+        """From the low-resolution photo [B, H / factor, W / factor, C]."""
+        self._check_condition_args(mask)
+        high = jnp.clip(upsample(inputs, self.factor), -1.0, 1.0)
+        return Condition(image=high, mask=jnp.zeros(high.shape[:-1] + (1,), high.dtype))
 
     def baseline(self, cond: Condition) -> jax.Array:
         return cond.image

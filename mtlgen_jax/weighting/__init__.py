@@ -31,6 +31,10 @@ out.metrics  # dict of scalar float32 arrays, fixed keys per strategy
 
 A loss weighting (`uses_task_grads=False`) may be called with task_grads=None; its
 combined gradient is then `vjp(out.weights)` of the per-task losses.
+
+A *spec* names a strategy and where a gradient method takes its per-task gradients:
+`mgda` (the shared parameters) or `mgda-ub` (the shared representation, the cheap
+mode; `config.weighting.grad_space='representation'`); see `parse_spec`.
 """
 
 # Importing a strategy module registers its classes.
@@ -66,12 +70,25 @@ NAMES: tuple[str, ...] = (
 if set(NAMES) != set(names()):
     raise ImportError(f"NAMES {NAMES} and the registry {names()} disagree")
 
+UB_SUFFIX = "-ub"  # a gradient method in representation mode, e.g. 'mgda-ub'
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """A strategy spec -> (name, grad_space): 'mgda-ub' -> ('mgda', 'representation'),
+    'mgda' -> ('mgda', 'params')."""
+    spec = spec.strip()
+    if spec.endswith(UB_SUFFIX):
+        return spec[: -len(UB_SUFFIX)], "representation"
+    return spec, "params"
+
 __all__ = [
     "NAMES",
+    "UB_SUFFIX",
     "GradientWeighting",
     "LossWeighting",
     "Strategy",
     "WeightingOutput",
     "create",
     "hparam_names",
+    "parse_spec",
 ]
