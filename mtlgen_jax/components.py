@@ -188,6 +188,7 @@ def build(config, info) -> Components:
                       attn_resolutions=tuple(config.model.attn_resolutions),
                       dropout=config.model.dropout, num_heads=config.model.num_heads),
         num_classes=info.num_classes or 0, dtype=DTYPES[config.dtype],
+        zero_heads=tuple(t.residual or t.objective == "bridge" for t in task_list),
     )
     optimizer, lr_fn = build_optimizer(config)
     return Components(

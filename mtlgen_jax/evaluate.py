@@ -25,6 +25,7 @@ from mtlgen_jax.images import to_float, to_uint8
 
 DIVERSITY_CONDITIONS = 4  # conditions per ill-posed task whose samples are compared
 DIVERSITY_SAMPLES = 3
+MEDIAN_METRICS = ("sharpness",)  # a ratio per image: its median over images
 
 
 def evaluate(comp, sampler, params, config, *, num_batches: int,
@@ -75,12 +76,13 @@ def evaluate(comp, sampler, params, config, *, num_batches: int,
             labels_seen.append(par.gather(labels, rows))
             if i == 0:
                 grid = par.gather((cond.image, out, x0), rows)
-                if task.ill_posed and task.objective == "diffusion":
+                if task.ill_posed and task.stochastic:
                     results[f"eval/{task.name}/diversity"] = _diversity(
                         sampler, par, params, task, par.gather((cond, labels), rows), b_rng,
                         **task_kw)
         for name, values in scores.items():
-            results[f"eval/{task.name}/{name}"] = float(np.mean(np.concatenate(values)))
+            aggregate = np.median if name.split("_")[0] in MEDIAN_METRICS else np.mean
+            results[f"eval/{task.name}/{name}"] = float(aggregate(np.concatenate(values)))
         sample_scores = task.score_samples(np.concatenate(outputs), np.concatenate(labels_seen),
                                            config.dataset)
         results.update({f"eval/{task.name}/{k}": v for k, v in sample_scores.items()})

@@ -69,6 +69,31 @@ def masked_psnr(a: Array, b: Array, mask: Array | None, data_range: float = 2.0)
     return 10.0 * jnp.log10(data_range**2 / jnp.maximum(mse, 1e-10))
 
 
+def _upper_band_power(images: Array) -> jax.Array:
+    """[B] spectral power of each image's luminance (mean removed) at radial frequencies
+    of at least half the Nyquist frequency (0.25 cycles/pixel)."""
+    x = _as_float(images)
+    if x.shape[-1] == 3:
+        x = jnp.tensordot(x, jnp.asarray((0.299, 0.587, 0.114), jnp.float32), axes=([-1], [0]))
+    else:
+        x = x[..., 0]
+    x = x - x.mean(axis=(1, 2), keepdims=True)
+    power = jnp.square(jnp.abs(jnp.fft.fft2(x)))  # [B, H, W]
+    fy = jnp.fft.fftfreq(x.shape[1])[:, None]
+    fx = jnp.fft.fftfreq(x.shape[2])[None, :]
+    band = jnp.sqrt(fy**2 + fx**2) >= 0.25
+    return jnp.sum(power * band, axis=(1, 2))
+
+
+def sharpness(out: Array, target: Array) -> jax.Array:
+    """[B] upper-band spectral power of outputs over that of their targets.
+
+    ~1: as detailed as the real image; << 1: blurred (the regression to the mean of a
+    posterior-mean estimate); >> 1: leftover noise. Report the median over images.
+    """
+    return _upper_band_power(out) / jnp.maximum(_upper_band_power(target), 1e-12)
+
+
 def ssim(a: Array, b: Array, data_range: float = 2.0, filter_size: int = 11) -> jax.Array:
     """Structural similarity per example (``dm_pix.ssim``, Gaussian window, sigma 1.5).
 

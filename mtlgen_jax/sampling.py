@@ -1,4 +1,5 @@
-"""Sampling a task's outputs with a trained model: DDIM / DDPM, or one regression pass.
+"""Sampling a task's outputs with a trained model, by its objective (``objectives.sample``):
+DDIM / DDPM, one regression pass, or the bridge from the task's baseline.
 
 A :class:`Sampler` caches one compiled function per (task, sampler, steps,
 guidance), each a ``lax`` loop over the diffusion steps inside one jit. It runs
@@ -13,7 +14,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from mtlgen_jax import diffusion
+from mtlgen_jax import diffusion, objectives
 from mtlgen_jax.tasks import Condition
 
 SAMPLERS = ("ddim", "ddpm")
@@ -48,27 +49,20 @@ class Sampler:
 
     def _sample(self, k, params, cond, labels, rng, *, sampler, steps, eta, guidance):
         task = self.comp.tasks[k]
-        model = self.comp.model
         b = cond.image.shape[0]
         task_id = jnp.full((b,), k, jnp.int32)
         cond_labels = task.model_labels(labels, rng, train=False)
         null = jnp.full((b,), self.comp.info.num_classes or 0, jnp.int32)
 
         def apply(x_t, t, lab):
-            return model.apply({"params": params}, x_t, cond, t, task_id, lab)
+            return self.comp.model.apply({"params": params}, x_t, cond, t, task_id, lab)
 
-        if task.objective == "regression":
-            x0 = apply(jnp.zeros_like(cond.image), jnp.ones((b,), jnp.float32), cond_labels)
-            return task.postprocess(jnp.clip(x0, -1.0, 1.0), cond)
-
-        def model_fn(x_t, t):
+        def head_fn(x_t, t):
             pred = apply(x_t, t, cond_labels)
             if guidance != 1.0 and task.class_conditional:
                 pred = diffusion.guided(pred, apply(x_t, t, null), guidance)
             return pred
 
-        common = dict(schedule=self.comp.schedule, prediction=self.comp.prediction, steps=steps,
-                      x0_fn=lambda x0: task.postprocess(x0, cond))
-        if sampler == "ddim":
-            return diffusion.ddim_sample(model_fn, cond.image.shape, rng, eta=eta, **common)
-        return diffusion.ddpm_sample(model_fn, cond.image.shape, rng, **common)
+        return objectives.sample(task, head_fn, cond, rng, schedule=self.comp.schedule,
+                                 prediction=self.comp.prediction, steps=steps, sampler=sampler,
+                                 eta=eta)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mtlgen_jax import diffusion
+from mtlgen_jax import diffusion, objectives
 from mtlgen_jax.images import to_float
 from mtlgen_jax.parallel import AXIS
 from mtlgen_jax.weighting.task_grads import gram as weighting_gram
@@ -91,7 +91,8 @@ def assign_tasks(comp: Components, key: jax.Array, local_batch: int) -> jax.Arra
 
 
 def make_inputs(comp: Components, x0, labels, task_id, keys, *, train: bool):
-    """Condition, noisy input, time, target and loss mask for each example."""
+    """Condition, the task objective's inputs (``objectives.TrainInputs``), loss mask and
+    model labels of each example."""
     k_deg, k_lab, k_t, k_eps = (keys[:, i] for i in range(4))  # keys: [B, 4]
     conds = [per_example(t.degrade, k_deg, x0) for t in comp.tasks]
     cond = select(task_id, conds)
@@ -102,17 +103,13 @@ def make_inputs(comp: Components, x0, labels, task_id, keys, *, train: bool):
         jax.vmap(lambda lab, k, t=t: t.model_labels(lab[None], k, train=train)[0])(labels, k_lab)
         for t in comp.tasks
     ])
-    is_diffusion = jnp.asarray([t.objective == "diffusion" for t in comp.tasks])[task_id]
     t = jax.vmap(lambda k: diffusion.sample_time(k, 1, discrete_steps=comp.discrete_steps)[0])(k_t)
     eps = jax.vmap(lambda k: jax.random.normal(k, x0.shape[1:], x0.dtype))(k_eps)
-    x_t = diffusion.q_sample(x0, eps, t, comp.schedule)
-    target = diffusion.target(x0, eps, t, comp.schedule, comp.prediction)
-    # Regression tasks see no noisy target (zeros, t = 1) and predict the clean image.
-    b = is_diffusion[:, None, None, None]
-    x_t = jnp.where(b, x_t, 0.0)
-    target = jnp.where(b, target, x0)
-    t = jnp.where(is_diffusion, t, 1.0)
-    return cond, x_t, t, target, mask, model_labels
+    inputs = select(task_id, [
+        objectives.train_inputs(task, x0, c, eps, t, schedule=comp.schedule,
+                                prediction=comp.prediction)
+        for task, c in zip(comp.tasks, conds)])
+    return cond, inputs, mask, model_labels
 
 
 def prepare_batch(comp: Components, batch, step_key):
@@ -125,20 +122,22 @@ def prepare_batch(comp: Components, batch, step_key):
 
 
 def _model_inputs(comp: Components, batch, *, train: bool):
-    """The model's positional inputs, the regression target and the loss mask."""
+    """The model's positional inputs, the objective's inputs and the loss mask."""
     task_id = batch["task_id"]
     x0 = to_float(batch["image"])
-    cond, x_t, t, target, mask, model_labels = make_inputs(comp, x0, batch["label"], task_id,
-                                                           batch["keys"], train=train)
-    return (x_t, cond, t, task_id, model_labels), target, mask
+    cond, inputs, mask, model_labels = make_inputs(comp, x0, batch["label"], task_id,
+                                                   batch["keys"], train=train)
+    return (inputs.x_t, cond, inputs.t, task_id, model_labels), inputs, mask
 
 
-def _per_task(comp: Components, pred, target, mask, task_id) -> jax.Array:
+def _per_task(comp: Components, pred, inputs: objectives.TrainInputs, mask,
+              task_id) -> jax.Array:
     """Per-task losses [K], each a sum over its examples / its GLOBAL example count."""
-    l2 = diffusion.loss(pred, target, mask, kind="l2")
-    l1 = diffusion.loss(pred, target, mask, kind="l1")
+    pred = pred + inputs.offset
+    l2 = diffusion.loss(pred, inputs.target, mask, kind="l2")
+    l1 = diffusion.loss(pred, inputs.target, mask, kind="l1")
     use_l1 = jnp.asarray([tk.loss == "l1" for tk in comp.tasks])[task_id]
-    per_ex = jnp.where(use_l1, l1, l2)  # [B]
+    per_ex = jnp.where(use_l1, l1, l2) * inputs.weight  # [B]
     onehot = jax.nn.one_hot(task_id, len(comp.tasks), dtype=jnp.float32)  # [B, K]
     counts = jnp.asarray(comp.task_counts, jnp.float32)
     return (onehot.T @ per_ex) / counts
@@ -150,9 +149,9 @@ def task_losses(comp: Components, params, batch, dropout_key, *, train: bool = T
     Summed over micro-batches and ``psum``-ed over devices, this is the exact per-task
     mean of the global batch.
     """
-    args, target, mask = _model_inputs(comp, batch, train=train)
+    args, inputs, mask = _model_inputs(comp, batch, train=train)
     pred = comp.model.apply({"params": params}, *args, train=train, rngs={"dropout": dropout_key})
-    return _per_task(comp, pred, target, mask, batch["task_id"])
+    return _per_task(comp, pred, inputs, mask, batch["task_id"])
 
 
 def split_task_losses(comp: Components, batch, dropout_key, *, train: bool = True):
@@ -163,7 +162,7 @@ def split_task_losses(comp: Components, batch, dropout_key, *, train: bool = Tru
     losses [K] (``head_params``: the ``head_<task>`` subtrees), so that
     ``head_loss_fn(features_fn(p['backbone']), heads) == task_losses(comp, p, ...)``.
     """
-    args, target, mask = _model_inputs(comp, batch, train=train)
+    args, inputs, mask = _model_inputs(comp, batch, train=train)
     task_id = batch["task_id"]
 
     def features_fn(backbone):
@@ -172,7 +171,7 @@ def split_task_losses(comp: Components, batch, dropout_key, *, train: bool = Tru
 
     def head_loss_fn(z, heads):
         pred = comp.model.apply({"params": heads}, z, task_id, method="head_outputs")
-        return _per_task(comp, pred, target, mask, task_id)
+        return _per_task(comp, pred, inputs, mask, task_id)
 
     return features_fn, head_loss_fn
 

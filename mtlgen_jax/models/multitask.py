@@ -21,11 +21,13 @@ class TaskHead(nn.Module):
 
     out_channels: int
     dtype: Any = jnp.float32
+    zero_init: bool = False  # the output starts at zero (residual and bridge objectives)
 
     @nn.compact
     def __call__(self, features: jax.Array) -> jax.Array:
         h = nn.GroupNorm(_groups(features.shape[-1]), dtype=self.dtype)(features)
-        h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype)(nn.silu(h))
+        init = nn.initializers.zeros if self.zero_init else nn.linear.default_kernel_init
+        h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, kernel_init=init)(nn.silu(h))
         return h.astype(jnp.float32)
 
 
@@ -43,6 +45,7 @@ class MultiTaskModel(nn.Module):
       backbone: keyword arguments of :class:`UNet` (width, channel_mult, ...).
       num_classes: class labels of the dataset (0 if unlabeled).
       dtype: computation dtype.
+      zero_heads: per task, whether its head's output layer starts at zero.
     """
 
     tasks: Sequence[str]
@@ -50,6 +53,7 @@ class MultiTaskModel(nn.Module):
     backbone: dict
     num_classes: int = 0
     dtype: Any = jnp.float32
+    zero_heads: Sequence[bool] = ()
 
     def setup(self):
         self.unet = UNet(
@@ -59,8 +63,10 @@ class MultiTaskModel(nn.Module):
             name="backbone",
             **self.backbone,
         )
+        zero = tuple(self.zero_heads) or (False,) * len(self.tasks)
         self.heads = [
-            TaskHead(self.out_channels, self.dtype, name=f"head_{t}") for t in self.tasks
+            TaskHead(self.out_channels, self.dtype, zero_init=z, name=f"head_{t}")
+            for t, z in zip(self.tasks, zero)
         ]
 
     def __call__(

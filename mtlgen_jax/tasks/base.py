@@ -18,7 +18,7 @@ import numpy as np
 
 from mtlgen_jax import metrics as metrics_lib
 
-OBJECTIVES = ("diffusion", "regression")
+OBJECTIVES = ("diffusion", "regression", "bridge")  # see mtlgen_jax.objectives
 
 
 @flax.struct.dataclass
@@ -37,9 +37,15 @@ class Task:
       image_size: image height = width.
       num_classes: class labels of the dataset (0 if unlabeled).
       weight: the task's share of every batch (relative to the other tasks).
-      objective: 'diffusion' (Palette-style conditional denoising) or
-        'regression' (one-step prediction of the clean image).
+      objective: 'diffusion' (Palette-style conditional denoising from pure noise),
+        'regression' (one-step prediction of the clean image) or 'bridge' (iterative
+        restoration that starts at the task's baseline; see ``mtlgen_jax.objectives``).
       loss: 'l2' or 'l1' per-pixel loss.
+      residual: predict relative to the task's baseline (the clean-image estimate is
+        ``baseline + head``; the head starts at zero, so an untrained model returns
+        the baseline). Restoration tasks only.
+      bridge_noise: the bridge's noise scale gamma (``objective='bridge'``): the noise
+        of ``x_t`` is ``gamma sqrt(t (1 - t))``, zero at both ends.
       **params: the task's own parameters (see each subclass).
     """
 
@@ -68,6 +74,8 @@ class Task:
         weight: float = 1.0,
         objective: str = "diffusion",
         loss: str = "l2",
+        residual: bool = False,
+        bridge_noise: float = 0.2,
         **params: Any,
     ):
         if weight <= 0:
@@ -81,6 +89,18 @@ class Task:
             )
         if loss not in ("l1", "l2"):
             raise ValueError(f"tasks.{self.name}.loss={loss!r} is unknown; use 'l1' or 'l2'.")
+        has_baseline = self.has_condition and type(self).baseline is not Task.baseline
+        if objective == "bridge" and not has_baseline:
+            raise ValueError(
+                f"tasks.{self.name}.objective='bridge': {self.name} has no condition image "
+                "(or no baseline) to start the bridge from; use objective='diffusion'.")
+        if residual and not has_baseline:
+            raise ValueError(f"tasks.{self.name}.residual=True: {self.name} has no baseline to "
+                             "predict relative to; drop residual.")
+        if not bridge_noise >= 0:
+            raise ValueError(f"tasks.{self.name}.bridge_noise={bridge_noise} must be >= 0.")
+        self.residual = bool(residual)
+        self.bridge_noise = float(bridge_noise)
         self.channels = channels
         self.image_size = image_size
         self.num_classes = num_classes
@@ -94,7 +114,8 @@ class Task:
         if unknown:
             raise ValueError(
                 f"tasks.{self.name} got unknown parameter(s) {unknown}; "
-                f"{self.name} takes {sorted(accepted) or 'none'} besides weight, objective, loss."
+                f"{self.name} takes {sorted(accepted) or 'none'} besides weight, objective, loss, "
+                "residual, bridge_noise."
             )
         self.configure(**params)
 
@@ -123,6 +144,12 @@ class Task:
         """The trivial restoration from the condition alone, or None."""
         return None
 
+    @property
+    def stochastic(self) -> bool:
+        """Whether samples of one condition differ (diffusion; a bridge with noise)."""
+        return self.objective == "diffusion" or (self.objective == "bridge"
+                                                  and self.bridge_noise > 0)
+
     def condition(self, inputs: jax.Array, mask: jax.Array | None = None) -> Condition:
         """The condition from a user's degraded image (not from a clean one: ``degrade``).
 
@@ -150,12 +177,13 @@ class Task:
         """Per-example scores [B] of outputs against the clean targets.
 
         The default scores each of ``metrics`` that is a pixel metric (``psnr``: over the
-        ``loss_mask`` pixels; ``ssim``) for the output and, as ``<metric>_baseline``,
-        for the task's ``baseline``.
+        ``loss_mask`` pixels; ``ssim``; ``sharpness``, see ``metrics.sharpness``) for the
+        output and, as ``<metric>_baseline``, for the task's ``baseline``.
         """
         mask = self.loss_mask(cond)
         fns = {"psnr": lambda x: metrics_lib.masked_psnr(x, target, mask),
-               "ssim": lambda x: metrics_lib.ssim(x, target)}
+               "ssim": lambda x: metrics_lib.ssim(x, target),
+               "sharpness": lambda x: metrics_lib.sharpness(x, target)}
         base = self.baseline(cond)
         out_scores = {}
         for name in (m for m in self.metrics if m in fns):

@@ -19,6 +19,7 @@ class Denoise(Task):
     """
 
     name = "denoise"
+    metrics = ("psnr", "ssim", "sharpness")
 
     def configure(self, *, sigma_min: float = 0.1, sigma_max: float = 0.4) -> None:
         if not 0 < sigma_min <= sigma_max:

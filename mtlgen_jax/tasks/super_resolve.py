@@ -29,6 +29,7 @@ class SuperResolve(Task):
     """
 
     name = "super_resolve"
+    metrics = ("psnr", "ssim", "sharpness")
 
     def configure(self, *, factor: int = 2) -> None:
         if factor not in (2, 4) or self.image_size % factor:
