@@ -72,6 +72,8 @@ def evaluate(comp, sampler, params, config, *, num_batches: int,
                           **task_kw)
             for name, value in par.gather(task.score(out, x0, cond), rows).items():
                 scores.setdefault(name, []).append(value)
+            for name, value in _classical_scores(task, par, x0, cond, b_rng, rows).items():
+                scores.setdefault(name, []).append(value)
             outputs.append(par.gather(to_uint8(out), rows))
             labels_seen.append(par.gather(labels, rows))
             if i == 0:
@@ -90,6 +92,20 @@ def evaluate(comp, sampler, params, config, *, num_batches: int,
             save_grid(os.path.join(grid_dir, "samples", f"{task.name}_step{step}.png"),
                       *grid, show_condition=task.has_condition)
     return results
+
+
+def _classical_scores(task, par, x0, cond, rng, rows) -> dict[str, np.ndarray]:
+    """``<metric>_classical``: the task's classical method (on the host), scored as the
+    model's outputs are; {} where the task has none."""
+    info = jax.jit(task.degrade_info)(x0, jax.random.fold_in(rng, 0))
+    host_cond, host_x0, host_info = par.gather((cond, x0, info), rows)
+    out = task.classical(host_cond, host_info)
+    if out is None:
+        return {}
+    scores = task.score(jnp.asarray(out), jnp.asarray(host_x0),
+                        jax.tree.map(jnp.asarray, host_cond))
+    return {f"{k}_classical": np.asarray(v) for k, v in scores.items()
+            if not k.endswith("_baseline")}
 
 
 def _diversity(sample_fn, par, params, task, cond_labels, rng, **kw) -> float:

@@ -266,3 +266,27 @@ def test_toy_figure_and_cli(tmp_path):
         toy.main(["--out", str(tmp_path / "bad.png"), "--strategies", "ew,bogus"])
     assert not os.path.exists(tmp_path / "bad.png")
     assert math.isfinite(seconds["ew"])
+
+
+def test_objectives_experiment_configs_and_table():
+    from mtlgen_jax.experiments import objectives as objx
+
+    base = default.get_config("tiny")
+    cfg = objx.objective_config(base, "diffusion-residual")
+    for task in ("denoise", "inpaint", "super_resolve", "colorize"):
+        assert cfg.tasks[task].objective == "diffusion" and cfg.tasks[task].residual is True
+    assert cfg.tasks.denoise.sigma_max == base.tasks.denoise.sigma_max  # the rest is kept
+    assert objx.objective_config(base, "bridge").tasks.inpaint.objective == "bridge"
+    with pytest.raises(ValueError, match="objective 'ddpm' is unknown"):
+        objx.objective_config(base, "ddpm")
+    assert objx.steps_for("regression-residual", [1, 4, 25]) == [1]
+    assert objx.steps_for("bridge", [1, 4, 25]) == [1, 4, 25]
+    ev = {"eval/denoise/psnr": 25.0, "eval/denoise/psnr_baseline": 20.0,
+          "eval/denoise/psnr_classical": 26.0, "eval/denoise/sharpness": 0.9}
+    table = objx.rows({"bridge": {"4": dict(ev, **{"eval/denoise/psnr": 24.0}), "1": ev}},
+                      ["denoise"])
+    assert [(r["method"], r["steps"], r["psnr"]) for r in table] == [
+        ("bridge", 1, 25.0), ("bridge", 4, 24.0), ("baseline", 0, 20.0),
+        ("classical", 0, 26.0)]
+    md = objx.format_markdown(table)
+    assert "| denoise | bridge | 4 | 24.000 |" in md and "| denoise | classical | – | 26.000" in md

@@ -192,6 +192,19 @@ class Task:
                 out_scores[f"{name}_baseline"] = fns[name](base)
         return out_scores
 
+    def degrade_info(self, images: jax.Array, rng: jax.Array) -> dict[str, jax.Array]:
+        """Per-example parameters [B] of the degradation ``degrade(images, rng)`` drew
+        (e.g. the noise level), for ``classical``. The default has none."""
+        del images, rng
+        return {}
+
+    def classical(self, cond: Condition, info: dict[str, np.ndarray]) -> np.ndarray | None:
+        """A classical (non-learned) restoration of host conditions, float [B, H, W, C] in
+        [-1, 1], given ``degrade_info``'s parameters; None where the task has none. It
+        sets the bar a learned model must clear."""
+        del cond, info
+        return None
+
     def score_samples(self, images: np.ndarray, labels: np.ndarray,
                       dataset_config: Any) -> dict[str, float]:
         """Scores of all evaluated outputs together (host side; uint8 [N, H, W, C] and

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mtlgen_jax.tasks.base import Condition, Task, register
 
@@ -51,3 +52,8 @@ class SuperResolve(Task):
 
     def baseline(self, cond: Condition) -> jax.Array:
         return cond.image
+
+    def classical(self, cond: Condition, info) -> np.ndarray:
+        """Bicubic interpolation: the classical method is the baseline itself."""
+        del info
+        return np.asarray(cond.image, np.float32)
