@@ -12,6 +12,7 @@ on one CPU. Sampling and evaluation shard their batch over those devices.
 
 from __future__ import annotations
 
+import math
 import os
 
 import jax
@@ -48,6 +49,8 @@ class Run:
         self._par = par
         self._sampler = Sampler(comp)
         self._degrade = {}
+        self._restore = {}
+        self._progress = [None]  # the running restore_image's progress callback
 
     def __repr__(self) -> str:
         return (f"Run({self.workdir!r}, step={self.step}, tasks={self.tasks}, "
@@ -129,6 +132,105 @@ class Run:
         return evaluate.evaluate(self.comp, self._sampler, self.params, cfg,
                                  num_batches=num_batches, par=self._par, step=self.step)
 
+    def restore_image(self, task: str, image, mask=None, *, steps: int | None = None,
+                      rng: jax.Array | None = None, sampler: str | None = None,
+                      eta: float | None = None, overlap: int | None = None) -> np.ndarray:
+        """Restores one photograph of any size: uint8 [H', W', C] back.
+
+        Args:
+          task: a restoration task of this run.
+          image: uint8 [H, W] or [H, W, C]: the noisy photo (denoise), the gray or colour
+            photo (colorize), the LOW-resolution photo (super_resolve: the output is
+            ``factor`` times larger), the photo with a hole (inpaint).
+          mask: inpaint only: [H, W] bool (or uint8, nonzero) with True = missing pixel;
+            every other pixel is kept exactly.
+          steps: sampler steps (default: ``config.eval.sample_steps``).
+          rng: sampling key (default ``jax.random.key(0)``).
+          sampler, eta: override ``config.diffusion.sampler`` / ``eta``.
+          overlap: pixels shared by neighbouring tiles (default: a quarter tile).
+
+        An image larger than the model's crop is processed in overlapping tiles, blended
+        at every sampler step (``mtlgen_jax.tiling``), sharded over this process's
+        devices; a progress bar shows when that takes more than a moment.
+        """
+        from mtlgen_jax import tiling
+
+        t = self._task(task)
+        x = self._check_photo(t, image)
+        m = self._check_mask(t, mask, x)
+        cond = t.condition(jnp.asarray(to_float(x)), None if m is None else jnp.asarray(m))
+        steps = int(steps or self.config.eval.sample_steps)
+        if steps < 1:
+            raise ValueError(f"steps={steps} must be >= 1.")
+        sampler = sampler or self.config.diffusion.sampler
+        eta = float(self.config.diffusion.eta if eta is None else eta)
+        size = self.info.image_size
+        overlap = size // 4 if overlap is None else int(overlap)
+        key = (task, cond.image.shape, steps, sampler, eta, overlap)
+        if key not in self._restore:
+            self._restore[key] = jax.jit(lambda p, c, r: tiling.restore(
+                self.comp, p, self.comp.task_index(task), c, r, steps=steps, sampler=sampler,
+                eta=eta, overlap=overlap, sharding=self._par.batch_sharding,
+                progress=lambda: self._progress[0] and self._progress[0]()))
+        h, w = cond.image.shape[1:3]
+        tiles = (math.ceil(max(h - size, 0) / max(size - overlap, 1)) + 1) * (
+            math.ceil(max(w - size, 0) / max(size - overlap, 1)) + 1)
+        from tqdm import tqdm
+
+        with tqdm(total=steps if t.objective != "regression" else 1, desc=f"restore {task}",
+                  disable=tiles * steps < 64, leave=False) as bar:
+            self._progress[0] = lambda: bar.update(1)
+            try:
+                out = self._restore[key](self.params, cond,
+                                         jax.random.key(0) if rng is None else rng)
+                out = np.asarray(to_uint8(out))[0]
+                jax.effects_barrier()  # the last progress updates
+            finally:
+                self._progress[0] = None
+        return out
+
+    def _check_photo(self, task, image) -> np.ndarray:
+        """A user's photo -> uint8 [1, H, W, C] with the channels ``task`` takes here."""
+        image = np.asarray(image)
+        if image.dtype != np.uint8:
+            raise ValueError(f"the image has dtype {image.dtype}; pass uint8 in [0, 255] "
+                             "(e.g. np.asarray(PIL.Image.open(path))).")
+        if image.ndim == 2:
+            image = image[..., None]
+        if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+            raise ValueError(f"the image has shape {image.shape}; pass [H, W] (gray), "
+                             "[H, W, 3] (RGB) or [H, W, 4] (RGBA, alpha dropped).")
+        image = image[..., :3] if image.shape[-1] == 4 else image
+        c = self.info.channels
+        takes = (1, 3) if task.name == "colorize" else (c,)
+        if image.shape[-1] not in takes:
+            kind = {1: "gray", 3: "RGB"}
+            raise ValueError(
+                f"task {task.name!r} of this run takes {' or '.join(kind[k] for k in takes)} "
+                f"images; this one is {kind[image.shape[-1]]}: convert it first (PIL: "
+                f"Image.convert('{'L' if c == 1 else 'RGB'}')).")
+        return image[None]
+
+    def _check_mask(self, task, mask, image: np.ndarray) -> np.ndarray | None:
+        """The hole as float [1, H, W, 1] (1 = missing), or None; clear errors."""
+        if not task.takes_mask:
+            if mask is not None:
+                raise ValueError(f"task {task.name!r} takes no mask; pass mask=None.")
+            return None
+        if mask is None:
+            raise ValueError(f"task {task.name!r} needs mask=: a [H, W] bool array, "
+                             "True (or white) = missing pixel.")
+        mask = np.asarray(mask)
+        if mask.ndim == 3:
+            mask = mask[..., :1].max(-1) if mask.shape[-1] in (1, 3, 4) else mask
+        if mask.shape != image.shape[1:3]:
+            raise ValueError(f"the mask is {mask.shape[:2]} but the image is "
+                             f"{image.shape[1:3]} (height, width): they must match.")
+        hole = mask > (127 if mask.dtype == np.uint8 else 0)
+        if not hole.any():
+            raise ValueError("the mask marks no missing pixel (True / white = missing).")
+        return hole[None, ..., None].astype(np.float32)
+
     @staticmethod
     def show(*rows, scale: int = 4):
         """A PIL image of rows of uint8 [N, H, W, C] arrays (one row per array)."""
@@ -142,17 +244,27 @@ class Run:
         return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
 
 
-def restore(workdir: str, step: int | None = None, ema: bool = True) -> Run:
+def restore(workdir: str, step: int | None = None, ema: bool = True,
+            overrides: dict | None = None) -> Run:
     """Restores a trained run from ``workdir`` for sampling and evaluation.
 
     Args:
       workdir: a run directory written by ``launch.py`` / ``train_and_evaluate``.
       step: the checkpoint step (default: the latest).
       ema: the EMA parameters (default) or the raw ones.
+      overrides: {dotted config key: value} applied on top of the run's config, e.g.
+        ``{"dataset.name": "folder", "dataset.folder": "my_photos"}`` to evaluate on
+        your own photos; only ``workdir.INFERENCE_KEYS`` may change after training.
     """
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"{workdir} does not exist.")
     config = workdir_lib.load_config(workdir)
+    if overrides:
+        trained = config
+        config = workdir_lib.apply_inference_overrides(config, overrides, mode="restore")
+        if config.dataset.channels is None and any(k.startswith("dataset.") for k in overrides):
+            # Another dataset: its images are converted to the channels the run learned.
+            config.dataset.channels = data.get_info(trained.dataset).channels
     ckpt = Checkpointer(workdir, async_save=False)
     try:
         steps = ckpt.all_steps()

@@ -100,3 +100,33 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
                                 "directory (no config.json).")
     with open(path) as f:
         return ml_collections.ConfigDict(with_added_keys(json.load(f)))
+
+
+# What may change after training: where the data comes from and how a run is evaluated
+# and sampled. Everything else (model, tasks, objectives, image_size, channels, ...)
+# fixes the checkpoint's meaning.
+INFERENCE_KEYS = (
+    "dataset.name", "dataset.folder", "dataset.data_dir", "dataset.train_split",
+    "dataset.test_split", "dataset.test_fraction", "eval.batch_size", "eval.num_batches",
+    "eval.sample_steps", "eval.guidance", "diffusion.sampler", "diffusion.eta",
+)
+
+
+def apply_inference_overrides(config: ml_collections.ConfigDict, overrides: dict,
+                              *, mode: str) -> ml_collections.ConfigDict:
+    """A copy of a run's ``config`` with command-line ``overrides`` ({dotted key: value}) of
+    ``INFERENCE_KEYS`` applied; any other key is refused, naming it.
+
+    Raises:
+      ValueError: an override of a key that cannot change after training.
+    """
+    refused = sorted(k for k in overrides if k not in INFERENCE_KEYS)
+    if refused:
+        raise ValueError(
+            f"--config.{refused[0]} cannot change after training: --mode {mode} uses the "
+            f"workdir's config.json. Only these apply on top of it: "
+            f"{', '.join(INFERENCE_KEYS)}.")
+    out = config.copy_and_resolve_references()
+    out.unlock()
+    out.update_from_flattened_dict(dict(overrides))
+    return out
