@@ -1,6 +1,11 @@
 """Sampling throughput: images/s of DDIM (50 steps, batch 64) for one restoration task.
 
     python bench/sampling.py [--json PATH] [--task super_resolve] [--batch 64] [--steps 50]
+    python bench/sampling.py --objectives diffusion,diffusion-residual,regression-residual,bridge \
+        --steps_list 1,4,25 [--json PATH]
+
+The second form times every objective of ``mtlgen_jax.experiments.objectives`` at each
+step count (regression: one pass), interleaved in one process.
 
 Uses the library's ``sampling.Sampler`` (one jitted ``lax.fori_loop`` over the
 diffusion steps) with the default config's model at its RANDOM initialisation:
@@ -26,6 +31,42 @@ import jax.numpy as jnp  # noqa: E402
 from bench import common  # noqa: E402
 
 
+def objectives_table(args) -> dict:
+    """images/s of each objective at each step count (same model, batch and task)."""
+    from mtlgen_jax import components
+    from mtlgen_jax.experiments import objectives as objx
+    from mtlgen_jax.sampling import Sampler
+
+    base = common.load_config(args.config)
+    info = common.synthetic_info(base)
+    key = jax.random.key(1)
+    s, c = info.image_size, info.channels
+    clean = jax.random.uniform(key, (args.batch, s, s, c), minval=-1.0, maxval=1.0)
+    labels = jnp.zeros((args.batch,), jnp.int32)
+    steps_list = [int(x) for x in args.steps_list.split(",")]
+    rows, out = [], {}
+    for name in args.objectives.split(","):
+        comp = components.build(objx.objective_config(base, name), info)
+        task = comp.tasks[comp.task_index(args.task)]
+        params = jax.jit(lambda k, comp=comp: components.init_params(comp.model, info, k))(key)
+        cond = jax.jit(task.degrade)(clean, key)
+        sampler = Sampler(comp)
+        for steps in objx.steps_for(name, steps_list):
+            def sample(sampler=sampler, params=params, cond=cond, steps=steps):
+                return sampler(params, args.task, cond, labels, key, steps=steps)
+
+            jax.block_until_ready(sample())  # compile
+            median = sorted(common.time_fn(sample, warmup=0, repeats=max(args.repeats, 3)))[1]
+            out[f"{name}/{steps}"] = {"images_per_sec": args.batch / median, "steps": steps,
+                                      "sample_time_s": median}
+            rows.append([name, steps, args.batch / median, median])
+    common.print_table(rows, ["objective", "steps", "images/s", "s / batch"],
+                       title=f"sampling by objective, {args.task}, batch {args.batch}")
+    result = {"task": args.task, "batch": args.batch, "config": args.config, "objectives": out}
+    common.write_json(args.json, result)
+    return result
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", default=None)
@@ -35,7 +76,11 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm"))
     p.add_argument("--repeats", type=int, default=1, help="timed calls after the first")
+    p.add_argument("--objectives", default="", help="time these objectives (comma-separated)")
+    p.add_argument("--steps_list", default="1,4,25", help="with --objectives: step counts")
     args = p.parse_args(argv)
+    if args.objectives:
+        return objectives_table(args)
 
     from mtlgen_jax import components
     from mtlgen_jax.sampling import Sampler
