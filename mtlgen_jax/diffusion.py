@@ -328,6 +328,14 @@ def _predict_x0(
     return x0_hat, _eps_from_x0(x0_hat, x_t, alpha, sigma)
 
 
+def batch_normal(rng: Array, shape: tuple[int, ...]) -> Array:
+    """Standard normal ``[B, ...]`` noise, row ``b`` drawn from ``fold_in(rng, b)``: a
+    sample's noise does not depend on the other rows of its batch, so padding a batch to
+    the device count (or splitting it) leaves every real row's sample unchanged."""
+    return jax.vmap(lambda b: jax.random.normal(jax.random.fold_in(rng, b), shape[1:],
+                                                jnp.float32))(jnp.arange(shape[0]))
+
+
 def _times(i: Array, steps: int) -> tuple[Array, Array]:
     """Loop index ``i`` in ``[0, steps)`` -> ``(t, s)``: from ``t`` down to ``s``."""
     t = (steps - i).astype(jnp.float32) / steps
@@ -373,7 +381,7 @@ def ddim_sample(
     """
     _check_prediction(prediction)
     rng_init, rng_loop = jax.random.split(rng)
-    x_init = jax.random.normal(rng_init, shape, jnp.float32)
+    x_init = batch_normal(rng_init, shape)
 
     def body(i, carry):
         x_t, _ = carry
@@ -387,7 +395,7 @@ def ddim_sample(
         c2 = eta**2 * om_s / om_t * (om_t - om_s) / ab_s
         x_s = jnp.sqrt(ab_s) * x0_hat + jnp.sqrt(jnp.maximum(om_s - c2, 0.0)) * eps_hat
         if not (isinstance(eta, int | float) and eta == 0):  # a Python 0 draws no noise
-            z = jax.random.normal(jax.random.fold_in(rng_loop, i), shape, jnp.float32)
+            z = batch_normal(jax.random.fold_in(rng_loop, i), shape)
             x_s = x_s + jnp.sqrt(c2) * z
         return x_s, x0_hat
 
@@ -430,7 +438,7 @@ def ddpm_sample(
     """
     _check_prediction(prediction)
     rng_init, rng_loop = jax.random.split(rng)
-    x_init = jax.random.normal(rng_init, shape, jnp.float32)
+    x_init = batch_normal(rng_init, shape)
 
     def body(i, carry):
         x_t, _ = carry
@@ -443,7 +451,7 @@ def ddpm_sample(
         beta = (om_t - om_s) / ab_s  # 1 - ab_t / ab_s
         mean = (jnp.sqrt(ab_s) * beta / om_t) * x0_hat + (jnp.sqrt(ab_t / ab_s) * om_s / om_t) * x_t
         var = beta * om_s / om_t
-        z = jax.random.normal(jax.random.fold_in(rng_loop, i), shape, jnp.float32)
+        z = batch_normal(jax.random.fold_in(rng_loop, i), shape)
         return mean + jnp.sqrt(jnp.maximum(var, 0.0)) * z, x0_hat
 
     _, x0_hat = jax.lax.fori_loop(0, steps, body, (x_init, jnp.zeros(shape, jnp.float32)))

@@ -129,7 +129,7 @@ def bridge_sample(x0_fn, base: jax.Array, rng: jax.Array, *, steps: int, gamma: 
             x0_hat = post_fn(x0_hat)
         mean = (1.0 - s) * x0_hat + s * base + (s / t) * (x_t - (1.0 - t) * x0_hat - t * base)
         std = gamma * jnp.sqrt(jnp.maximum(s * (t - s) / t, 0.0))
-        z = jax.random.normal(jax.random.fold_in(rng, i), base.shape, jnp.float32)
+        z = diffusion.batch_normal(jax.random.fold_in(rng, i), base.shape)
         return mean + std * z, x0_hat
 
     _, x0_hat = jax.lax.fori_loop(0, steps, body, (base.astype(jnp.float32),

@@ -173,3 +173,38 @@ def test_rows_are_padded_to_the_device_count_and_the_padding_dropped():
     assert proc.returncode == 0, proc.stderr[-3000:]
     for backend, r in _parse(proc.stdout).items():
         assert r == {"n": 5, "padded": 8, "shards": 8, "ok": True}, backend
+
+
+SAMPLING_CHECK = """
+import json, sys, jax, numpy as np
+sys.path[:0] = [".", "tests"]
+from test_restore import fresh_run
+out = {}
+for objective in ("diffusion", "bridge"):
+    run = fresh_run(objective=objective, residual=False)
+    images = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    cond = run.degrade("denoise", images, jax.random.key(1))
+    a = run.sample("denoise", condition=cond, rng=jax.random.key(2), steps=3, eta=1.0)
+    b = run.sample("denoise", condition=cond, rng=jax.random.key(2), steps=3, eta=1.0)
+    out[objective] = {"same": bool(np.array_equal(a, b)), "samples": a.tolist()}
+print("RESULT " + json.dumps({"devices": jax.device_count(), **out}))
+"""
+
+
+def test_sampling_is_deterministic_and_equal_on_1_and_8_devices():
+    """Five conditions, stochastic samplers (DDIM with eta=1; the bridge with noise): the
+    same samples on 1 device and on 8 (where the batch is padded to 8), per-row noise."""
+    results = {}
+    for n in (1, 8):
+        env = dict(_env(), XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+                   JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+        proc = subprocess.run([sys.executable, "-c", SAMPLING_CHECK], env=env,
+                              cwd=os.path.dirname(HERE), capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[n] = _parse(proc.stdout)
+    assert results[8]["devices"] == 8
+    for objective in ("diffusion", "bridge"):
+        assert results[1][objective]["same"] and results[8][objective]["same"]
+        one, eight = (np.asarray(results[n][objective]["samples"], np.int32) for n in (1, 8))
+        assert np.abs(one - eight).max() <= 1, objective  # uint8: float reduction order
