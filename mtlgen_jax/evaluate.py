@@ -13,6 +13,7 @@ device count when they do not divide it).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -22,10 +23,19 @@ from PIL import Image
 
 from mtlgen_jax import data, metrics, parallel
 from mtlgen_jax.images import to_float, to_uint8
+from mtlgen_jax.step import per_example
 
 DIVERSITY_CONDITIONS = 4  # conditions per ill-posed task whose samples are compared
 DIVERSITY_SAMPLES = 3
 MEDIAN_METRICS = ("sharpness",)  # a ratio per image: its median over images
+
+
+def per_row(fn, images: jax.Array, rng: jax.Array):
+    """``fn(images, rng)`` (a task's ``degrade`` or ``degrade_info``) with row ``b`` keyed by
+    ``fold_in(rng, b)``: a row's condition does not depend on the rest of its batch, so
+    padding a batch to the device count changes no real row."""
+    keys = jax.vmap(lambda b: jax.random.fold_in(rng, b))(jnp.arange(images.shape[0]))
+    return per_example(fn, keys, images)
 
 
 def evaluate(comp, sampler, params, config, *, num_batches: int,
@@ -57,7 +67,7 @@ def evaluate(comp, sampler, params, config, *, num_batches: int,
     results: dict[str, float] = {}
     for k, task in enumerate(comp.tasks):
         k_rng = jax.random.fold_in(rng, k)
-        degrade = jax.jit(task.degrade)
+        degrade = jax.jit(functools.partial(per_row, task.degrade))
         task_kw = dict(kw, guidance=ev.guidance) if task.class_conditional else kw
         scores: dict[str, list] = {}
         outputs, labels_seen, grid = [], [], None
@@ -97,7 +107,7 @@ def evaluate(comp, sampler, params, config, *, num_batches: int,
 def _classical_scores(task, par, x0, cond, rng, rows) -> dict[str, np.ndarray]:
     """``<metric>_classical``: the task's classical method (on the host), scored as the
     model's outputs are; {} where the task has none."""
-    info = jax.jit(task.degrade_info)(x0, jax.random.fold_in(rng, 0))
+    info = jax.jit(functools.partial(per_row, task.degrade_info))(x0, jax.random.fold_in(rng, 0))
     host_cond, host_x0, host_info = par.gather((cond, x0, info), rows)
     out = task.classical(host_cond, host_info)
     if out is None:
