@@ -106,11 +106,11 @@ def test_eval_batch_that_does_not_divide_the_devices_is_padded_not_refused(workd
     every condition and sample is keyed by its row, so the metrics equal 1 device's."""
     from mtlgen_jax import writers
 
-    args = ("--config", "configs/digits.py:tiny", "--workdir", workdir, "--mode", "eval",
-            "--config.eval.batch_size=100", "--config.eval.num_batches=1",
-            "--config.eval.sample_steps=2")
-    launch(*args, devices=8)
-    launch(*args, devices=1)
+    launch("--config", "configs/digits.py:tiny", "--workdir", workdir, "--mode", "eval",
+           "--config.eval.batch_size=100", "--config.eval.num_batches=1",
+           "--config.eval.sample_steps=2", devices=8)
+    mg.cli.eval_workdir(workdir, overrides={"eval.batch_size": 100, "eval.num_batches": 1,
+                                            "eval.sample_steps": 2})  # here: 1 device
     rows = [r for r in writers.read_metrics(workdir) if "eval/inpaint/psnr" in r][-2:]
     assert rows[0].keys() == rows[1].keys()
     for key in rows[0]:
