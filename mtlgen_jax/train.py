@@ -38,6 +38,9 @@ def _install_sigterm(trainer) -> object:
     return signal.signal(signal.SIGTERM, handler)
 
 
+SOLVER_RESIDUAL_WARN = 1e-3  # an inner solve (MGDA, CAGrad, ...) this far off is reported
+
+
 class OneStepLate:
     """Holds one step's device values until the next step is dispatched, then hands them
     to ``fn``: reading a step's metrics on the host never stalls the device pipeline."""
@@ -83,6 +86,7 @@ class Trainer:
         workdir_lib.prepare(workdir, config, has_checkpoint=self.ckpt.latest_step() is not None,
                             write=self.is_main)
         self.skipped_total = 0
+        self._warned: set[str] = set()
         self.preempted = False
         self._sigterm = False
         self.sampler = Sampler(self.comp)
@@ -192,10 +196,26 @@ class Trainer:
 
     def _log(self, writer: MetricWriter, bar, step: int, metrics, rate: float) -> None:
         host = self.par.metrics_to_host(metrics)
+        self._warn_once(step, host)
         host["images_per_sec"] = rate
         host["skipped_total"] = self.skipped_total
         writer.write(step, host)
         bar.set_postfix(loss=f"{host['loss']:.4f}", img_s=f"{rate:.0f}")
+
+    def _warn_once(self, step: int, host: dict[str, float]) -> None:
+        """Logs, once per run and kind, what a strategy reports going wrong: an inner solve
+        whose residual exceeds SOLVER_RESIDUAL_WARN, or GradNorm restarting its weights."""
+        name = self.config.weighting.name
+        residual = host.get("weighting/solver_residual", 0.0)
+        if residual > SOLVER_RESIDUAL_WARN and "residual" not in self._warned:
+            self._warned.add("residual")
+            logging.warning("step %d: %s's solver residual is %.3g (> %g): its weights are "
+                            "inexact; raise num_iters in weighting.hparams.", step, name,
+                            residual, SOLVER_RESIDUAL_WARN)
+        if host.get("weighting/weights_reset", 0.0) > 0 and "reset" not in self._warned:
+            self._warned.add("reset")
+            logging.warning("step %d: %s's weights all reached 0 and were reset to equal "
+                            "weights (counted in weighting/weights_reset).", step, name)
 
     def evaluate(self, state: TrainState, step: int, writer: MetricWriter, *, final: bool):
         """Metrics on the test split and PNG grids, with the EMA parameters."""

@@ -262,6 +262,17 @@ def test_gradnorm_shrinks_the_weight_of_the_larger_gradient():
     assert new[0] < 1.0 < new[1]
     # |G - target| with G = (10, 1), target = mean(G) = 5.5.
     np.testing.assert_allclose(out.metrics["gradnorm_loss"], 9.0, rtol=1e-6)
+    assert out.metrics["weights_reset"] == 0.0
+
+
+def test_gradnorm_reset_to_equal_weights_is_reported():
+    """Weights that all reach 0 restart at 1 -- counted in the weights_reset metric."""
+    strategy = make("gradnorm", 2)
+    state = dict(strategy.init(), weights=jnp.zeros((2,), jnp.float32))
+    out = strategy.apply(jnp.array([1.0, 1.0]), jnp.array([[1.0, 0.0], [0.0, 1.0]]), state,
+                         jax.random.key(0))
+    assert out.metrics["weights_reset"] == 1.0
+    np.testing.assert_allclose(out.state["weights"], [1.0, 1.0])
 
 
 # ----------------------------------------------------------------------------- gradient methods

@@ -78,4 +78,6 @@ class GradNorm(GradientWeighting):
             "step": jnp.minimum(state["step"] + 1, 1),
             "opt": opt,
         }
-        return weights, new_state, {"gradnorm_loss": gradnorm_loss}
+        # All weights clipped to 0: restart from equal weights, and say so (a metric).
+        return weights, new_state, {"gradnorm_loss": gradnorm_loss,
+                                    "weights_reset": (total <= 0).astype(jnp.float32)}
