@@ -65,10 +65,14 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # of every batch. Parameters not listed take the task's defaults.
     c.tasks = ml_collections.ConfigDict()
     c.tasks.names = "denoise,inpaint,super_resolve,colorize"
-    c.tasks.denoise = dict(weight=1.0, objective="diffusion", sigma_min=0.1, sigma_max=0.4)
-    c.tasks.inpaint = dict(weight=1.0, objective="diffusion", mask_kinds="box,stroke,half")
-    c.tasks.super_resolve = dict(weight=1.0, objective="diffusion", factor=2)
-    c.tasks.colorize = dict(weight=1.0, objective="diffusion")
+    # objective: 'diffusion' | 'regression' | 'bridge'; residual: predict relative to the
+    # task's baseline (see mtlgen_jax/objectives.py).
+    c.tasks.denoise = dict(weight=1.0, objective="diffusion", residual=False, sigma_min=0.1,
+                           sigma_max=0.4)
+    c.tasks.inpaint = dict(weight=1.0, objective="diffusion", residual=False,
+                           mask_kinds="box,stroke,half")
+    c.tasks.super_resolve = dict(weight=1.0, objective="diffusion", residual=False, factor=2)
+    c.tasks.colorize = dict(weight=1.0, objective="diffusion", residual=False)
     c.tasks.generate = dict(weight=1.0, objective="diffusion", label_dropout=0.1)
 
     c.diffusion = ml_collections.ConfigDict()

@@ -77,6 +77,10 @@ ADDED_KEYS = {
     "weighting.hparams": "",
     "weighting.grad_space": "params",
     "parallel.cpu_devices": 0,
+    "tasks.denoise.residual": False,
+    "tasks.inpaint.residual": False,
+    "tasks.super_resolve.residual": False,
+    "tasks.colorize.residual": False,
 }
 
 
