@@ -28,6 +28,9 @@ def get_config(variant: str = ""):
     c.eval_every_steps = 10_000
     c.checkpoint_every_steps = 5000
     c.tasks.names = "generate,inpaint,super_resolve,colorize,denoise"
+    for name in ("denoise", "inpaint", "super_resolve", "colorize"):  # Palette's diffusion
+        c.tasks[name] = dict(c.tasks[name], objective="diffusion", residual=False)
+    c.weighting.name = "ew"
     c.model.width = 128
     c.model.channel_mult = (1, 2, 2, 2)
     c.model.num_res_blocks = 2

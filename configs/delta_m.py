@@ -32,7 +32,7 @@ def get_config(variant: str = ""):
     c.keep_checkpoints = 1
     c.model.width = 16
     for name in ("denoise", "inpaint", "super_resolve", "colorize"):
-        c.tasks[name] = dict(c.tasks[name], objective="regression")
+        c.tasks[name] = dict(c.tasks[name], objective="regression", residual=False)
     c.eval.batch_size = 64
     c.eval.num_batches = 4  # 256 held-out crops per task
     if variant == "tiny":
