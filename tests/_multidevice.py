@@ -33,7 +33,10 @@ parser.add_argument("--small", action="store_true")  # one-level U-Net, 8x8: che
 parser.add_argument("--preemption_dir", default="")  # also ask Checkpointer.reached_preemption
 args = parser.parse_args()
 
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+# Several of these run at once on a 2-core test machine: a device thread can be starved
+# past XLA's 40 s collective rendezvous timeout, which then aborts the process.
+os.environ["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={args.devices} "
+                           "--xla_cpu_collective_call_terminate_timeout_seconds=600")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

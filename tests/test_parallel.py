@@ -18,6 +18,9 @@ import pytest
 from mtlgen_jax import weighting
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Processes running at once on 2 cores can starve a device thread past XLA's 40 s
+# collective rendezvous timeout (which aborts the process): allow 10 minutes.
+COLLECTIVE_TIMEOUT = "--xla_cpu_collective_call_terminate_timeout_seconds=600"
 SCRIPT = os.path.join(HERE, "_multidevice.py")
 # Every strategy, plus gradient methods in representation mode ("-ub"), runs in the
 # 8-device step; the 1-device reference covers one of each kind (a stateless and a
@@ -165,7 +168,7 @@ print("RESULT " + json.dumps(out))
 def test_rows_are_padded_to_the_device_count_and_the_padding_dropped():
     """Sampling and evaluation batches of any size run sharded over 8 devices (either
     backend): 5 rows are padded to 8, one per device, and come back as the 5 rows."""
-    env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8 " + COLLECTIVE_TIMEOUT,
                JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", PADDING_CHECK], env=env,
                           cwd=os.path.dirname(HERE),
@@ -196,7 +199,8 @@ def test_sampling_is_deterministic_and_equal_on_1_and_8_devices():
     same samples on 1 device and on 8 (where the batch is padded to 8), per-row noise."""
     results = {}
     for n in (1, 8):
-        env = dict(_env(), XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+        env = dict(_env(), XLA_FLAGS=f"--xla_force_host_platform_device_count={n} "
+                   + COLLECTIVE_TIMEOUT,
                    JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
         proc = subprocess.run([sys.executable, "-c", SAMPLING_CHECK], env=env,
                               cwd=os.path.dirname(HERE), capture_output=True, text=True,
