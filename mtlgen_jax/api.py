@@ -12,7 +12,6 @@ on one CPU. Sampling and evaluation shard their batch over those devices.
 
 from __future__ import annotations
 
-import math
 import os
 
 import jax
@@ -173,8 +172,8 @@ class Run:
                 eta=eta, overlap=overlap, sharding=self._par.batch_sharding,
                 progress=lambda: self._progress[0] and self._progress[0]()))
         h, w = cond.image.shape[1:3]
-        tiles = (math.ceil(max(h - size, 0) / max(size - overlap, 1)) + 1) * (
-            math.ceil(max(w - size, 0) / max(size - overlap, 1)) + 1)
+        stride = max(size - overlap, 1)
+        tiles = len(tiling.tile_starts(h, size, stride)) * len(tiling.tile_starts(w, size, stride))
         from tqdm import tqdm
 
         with tqdm(total=steps if t.objective != "regression" else 1, desc=f"restore {task}",
@@ -202,7 +201,7 @@ class Run:
                              "[H, W, 3] (RGB) or [H, W, 4] (RGBA, alpha dropped).")
         image = image[..., :3] if image.shape[-1] == 4 else image
         c = self.info.channels
-        takes = (1, 3) if task.name == "colorize" else (c,)
+        takes = task.input_channels
         if image.shape[-1] not in takes:
             kind = {1: "gray", 3: "RGB"}
             raise ValueError(

@@ -124,14 +124,11 @@ def restore_file(workdir: str, *, task: str, input_path: str, output_path: str,
     if task not in run.tasks:
         raise ValueError(f"--task={task} is not one this run was trained on: "
                          f"{', '.join(run.tasks)}.")
-    if mask is not None and mask.ndim == 3:
-        mask = mask.max(-1)
     size = run.info.image_size
     if min(image.shape[:2]) < size:
         logging.info("%s is smaller than the model's %dx%d crop: reflect-padded, then cropped "
                      "back.", input_path, size, size)
-    out = run.restore_image(task, image, mask=None if mask is None else mask > 127,
-                            steps=steps)
+    out = run.restore_image(task, image, mask=mask, steps=steps)  # uint8 mask: > 127 = hole
     Image.fromarray(out[..., 0] if out.shape[-1] == 1 else out).save(output_path)
     logging.info("wrote %s (%dx%d)", output_path, out.shape[1], out.shape[0])
     return out

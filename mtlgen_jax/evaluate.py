@@ -68,6 +68,7 @@ def evaluate(comp, sampler, params, config, *, num_batches: int,
     for k, task in enumerate(comp.tasks):
         k_rng = jax.random.fold_in(rng, k)
         degrade = jax.jit(functools.partial(per_row, task.degrade))
+        degrade_info = jax.jit(functools.partial(per_row, task.degrade_info))  # once per task
         task_kw = dict(kw, guidance=ev.guidance) if task.class_conditional else kw
         scores: dict[str, list] = {}
         outputs, labels_seen, grid = [], [], None
@@ -82,7 +83,8 @@ def evaluate(comp, sampler, params, config, *, num_batches: int,
                           **task_kw)
             for name, value in par.gather(task.score(out, x0, cond), rows).items():
                 scores.setdefault(name, []).append(value)
-            for name, value in _classical_scores(task, par, x0, cond, b_rng, rows).items():
+            info = degrade_info(x0, jax.random.fold_in(b_rng, 0))
+            for name, value in _classical_scores(task, par, x0, cond, info, rows).items():
                 scores.setdefault(name, []).append(value)
             outputs.append(par.gather(to_uint8(out), rows))
             labels_seen.append(par.gather(labels, rows))
@@ -104,10 +106,10 @@ def evaluate(comp, sampler, params, config, *, num_batches: int,
     return results
 
 
-def _classical_scores(task, par, x0, cond, rng, rows) -> dict[str, np.ndarray]:
-    """``<metric>_classical``: the task's classical method (on the host), scored as the
-    model's outputs are; {} where the task has none."""
-    info = jax.jit(functools.partial(per_row, task.degrade_info))(x0, jax.random.fold_in(rng, 0))
+def _classical_scores(task, par, x0, cond, info, rows) -> dict[str, np.ndarray]:
+    """``<metric>_classical``: the task's classical method (on the host, given the
+    degradation's parameters ``info``), scored as the model's outputs are; {} where the
+    task has none."""
     host_cond, host_x0, host_info = par.gather((cond, x0, info), rows)
     out = task.classical(host_cond, host_info)
     if out is None:

@@ -65,6 +65,11 @@ class Task:
     # A user's input is this many times smaller than the output (super-resolution).
     scale: int = 1
 
+    @property
+    def input_channels(self) -> tuple[int, ...]:
+        """Channel counts ``condition`` takes from a user's photo (default: the run's)."""
+        return (self.channels,)
+
     def __init__(
         self,
         *,

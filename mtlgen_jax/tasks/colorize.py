@@ -35,6 +35,10 @@ class Colorize(Task):
         gray = jnp.broadcast_to(luminance(images), images.shape)
         return Condition(image=gray, mask=jnp.zeros(images.shape[:-1] + (1,), images.dtype))
 
+    @property
+    def input_channels(self) -> tuple[int, ...]:
+        return (1, 3)  # a gray photo, or a colour one whose luminance is taken
+
     def condition(self, inputs: jax.Array, mask: jax.Array | None = None) -> Condition:
         """From a gray photo [B, H, W, 1] (or an RGB one, whose luminance is taken)."""
         self._check_condition_args(mask)
