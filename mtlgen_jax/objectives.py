@@ -1,8 +1,10 @@
 """Training objectives and their samplers, per task: diffusion, regression, bridge.
 
 Each task trains with one objective (``tasks.<name>.objective``), optionally
-predicting relative to its trivial baseline ``b`` (``tasks.<name>.residual``; the
-bicubic upsampling, the gray image, the mean-filled hole, the noisy input). The
+predicting relative to a cheap estimate ``b`` (``tasks.<name>.residual``): the task's
+``start`` -- its trivial baseline (the bicubic upsampling, the gray image, the noisy
+input) or something better where one is cheap (inpainting: a smooth multigrid fill of
+the hole, +4 dB over the mean fill it is scored against). The
 model's output for an example is its task head's output ``h``; every objective
 reads it as a clean-image estimate ``x0_hat = h + offset`` except plain diffusion,
 whose head predicts ``diffusion.prediction`` (v, eps or x0) as Palette does:
@@ -87,7 +89,7 @@ def train_inputs(task, x0: jax.Array, cond, eps: jax.Array, t: jax.Array, *, sch
     """
     zeros = jnp.zeros_like(x0)
     ones = jnp.ones(x0.shape[:1], jnp.float32)
-    base = task.baseline(cond) if (task.residual or task.objective == "bridge") else None
+    base = task.start(cond) if (task.residual or task.objective == "bridge") else None
     if task.objective == "regression":
         return TrainInputs(x_t=zeros, t=ones, target=x0,
                            offset=zeros if base is None else base, weight=ones)
@@ -157,7 +159,7 @@ def sample(task, head_fn, cond, rng: jax.Array, *, schedule, prediction: str, st
         return task.postprocess(jnp.clip(x0, -1.0, 1.0), cond)
 
     shape = cond.image.shape
-    base = task.baseline(cond) if (task.residual or task.objective == "bridge") else None
+    base = task.start(cond) if (task.residual or task.objective == "bridge") else None
     if task.objective == "regression":
         out = head_fn(jnp.zeros(shape, jnp.float32), jnp.ones(shape[:1], jnp.float32))
         return finish(out if base is None else base + out)

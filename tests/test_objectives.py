@@ -45,7 +45,7 @@ def test_one_bridge_step_is_the_networks_estimate_at_t1(name):
     out = objectives.sample(task, head_fn, cond, jax.random.key(1), schedule=SCHEDULE,
                             prediction="v", steps=1)
     jax.effects_barrier()
-    base = task.baseline(cond)
+    base = task.start(cond)
     np.testing.assert_allclose(seen["x_t"], base, atol=1e-6)  # starts exactly at b
     np.testing.assert_allclose(seen["t"], 1.0)
     expected = task.postprocess(jnp.clip(base + 0.1 * jnp.sin(7 * base), -1, 1), cond)
@@ -56,13 +56,14 @@ def test_one_bridge_step_is_the_networks_estimate_at_t1(name):
 @pytest.mark.parametrize("objective, sampler, steps", [
     ("diffusion", "ddim", 1), ("diffusion", "ddim", 5), ("diffusion", "ddpm", 4),
     ("regression", "ddim", 1)])
-def test_zero_head_under_residual_prediction_returns_the_baseline(name, objective, sampler,
-                                                                  steps):
-    """At every sampler step the clean-image estimate is b (recorded from inside the
-    loop by a debug callback on the task's x0 hook), and so is the output."""
+def test_zero_head_under_residual_prediction_returns_the_start(name, objective, sampler,
+                                                               steps):
+    """At every sampler step the clean-image estimate is b = the task's ``start``
+    (recorded from inside the loop by a debug callback on the task's x0 hook), and so
+    is the output."""
     task = make(name, objective=objective, residual=True)
     cond = task.degrade(images(), jax.random.key(0))
-    base = np.asarray(task.baseline(cond))
+    base = np.asarray(task.start(cond))
     estimates = []
     post = task.postprocess
 
@@ -88,7 +89,7 @@ def test_train_inputs_residual_and_bridge():
     eps = jax.random.normal(jax.random.key(1), x.shape)
     t = jnp.array([0.01, 0.3, 0.7, 1.0])
     ti = objectives.train_inputs(task, x, cond, eps, t, schedule=SCHEDULE, prediction="v")
-    np.testing.assert_allclose(ti.offset, task.baseline(cond))
+    np.testing.assert_allclose(ti.offset, task.start(cond))
     np.testing.assert_allclose(ti.target, x)
     sigma = np.sqrt(np.asarray(SCHEDULE.one_minus_alpha_bar(t)))
     np.testing.assert_allclose(ti.weight, 1 / np.maximum(sigma, 0.2) ** 2, rtol=1e-5)

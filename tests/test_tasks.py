@@ -9,8 +9,9 @@ import pytest
 
 from mtlgen_jax import metrics as metrics_lib
 from mtlgen_jax import tasks
+from mtlgen_jax.tasks.base import Condition
 from mtlgen_jax.tasks.colorize import luminance
-from mtlgen_jax.tasks.inpaint import box_holes, half_holes, stroke_holes
+from mtlgen_jax.tasks.inpaint import box_holes, half_holes, smooth_fill, stroke_holes
 from mtlgen_jax.tasks.super_resolve import downsample, upsample
 
 
@@ -83,6 +84,29 @@ def test_inpaint_condition_loss_mask_paste_and_baseline():
     for i in range(x.shape[0]):
         filled = base[i][hole[i]]  # [n_hole, C]
         np.testing.assert_allclose(filled, np.broadcast_to(mean[i], filled.shape), atol=1e-5)
+
+
+@pytest.mark.parametrize("h, w", [(16, 16), (15, 21)])
+def test_smooth_fill_keeps_known_pixels_and_is_exact_on_harmonic_images(h, w):
+    """A linear ramp is harmonic: the fill of a box hole converges to it. Known pixels
+    are untouched; a constant image is filled with its constant; a pixel whose image
+    is unknown everywhere gets zeros, not NaN."""
+    yy, xx = np.meshgrid(np.linspace(-0.8, 0.8, h), np.linspace(-0.5, 0.7, w), indexing="ij")
+    ramp = jnp.asarray(np.stack([0.6 * yy + 0.3 * xx, -xx, 0.2 + 0 * yy], -1)[None],
+                       jnp.float32)
+    known = np.ones((1, h, w, 1), np.float32)
+    known[:, 4:11, 5:12] = 0.0
+    known = jnp.asarray(known)
+    filled = np.asarray(smooth_fill(ramp * known, known, iters=400))
+    np.testing.assert_array_equal(filled[known[..., 0] > 0], np.asarray(ramp)[known[..., 0] > 0])
+    np.testing.assert_allclose(filled, ramp, atol=2e-3)
+    mean_fill = make("inpaint", size=16).baseline(Condition(image=ramp * known, mask=known))
+    mean_err = np.abs(np.asarray(mean_fill) - np.asarray(ramp)).max()
+    assert mean_err > 0.1  # the mean fill is far off on the same hole
+    np.testing.assert_allclose(smooth_fill(jnp.full((1, h, w, 3), 0.4) * known, known), 0.4,
+                               atol=1e-5)
+    empty = smooth_fill(jnp.zeros((2, h, w, 3)), jnp.zeros((2, h, w, 1)))
+    assert np.isfinite(np.asarray(empty)).all() and not np.asarray(empty).any()
 
 
 def test_super_resolve_shapes_and_block_constant_image():

@@ -146,8 +146,16 @@ class Task:
         return x0
 
     def baseline(self, cond: Condition) -> jax.Array | None:
-        """The trivial restoration from the condition alone, or None."""
+        """The trivial restoration from the condition alone, or None (what the
+        evaluator reports as ``<metric>_baseline``)."""
         return None
+
+    def start(self, cond: Condition) -> jax.Array | None:
+        """The cheap estimate that residual prediction and the bridge start from (the
+        clean-image estimate of a zero head). Defaults to ``baseline``; a task may
+        start from something better than the trivial baseline it is scored against
+        (inpainting: a smooth fill of the hole instead of its mean)."""
+        return self.baseline(cond)
 
     @property
     def stochastic(self) -> bool:
