@@ -9,8 +9,10 @@ into one full-size prediction, and the sampler then steps the whole image. So th
 noise is a function of the pixel (drawn once for the whole image), every tile of
 the next step sees the blended image, and no tile drifts in colour from its
 neighbours -- no seams, whichever objective or sampler. A hole larger than a tile
-is filled the same way: tiles deep inside it start from the task's fill (the mean
-of the known pixels) and, over the sampler's steps, see their neighbours' progress
+is filled coarse to fine: the task's ``start`` is computed once on the whole image
+(inpainting: the multigrid smooth fill, which carries the colours around the hole
+into its middle from the coarsest level down), and each tile's network corrects
+that fill; with a multi-step sampler the tiles also see their neighbours' progress
 through the shared ``x_t``.
 
 An image smaller than a tile is reflect-padded to the tile size and cropped back.
