@@ -264,7 +264,7 @@ def restore(workdir: str, step: int | None = None, ema: bool = True,
         if config.dataset.channels is None and any(k.startswith("dataset.") for k in overrides):
             # Another dataset: its images are converted to the channels the run learned.
             config.dataset.channels = data.get_info(trained.dataset).channels
-    ckpt = Checkpointer(workdir, async_save=False)
+    ckpt = Checkpointer(workdir, async_save=False, read_only=True)
     try:
         steps = ckpt.all_steps()
         if not steps:

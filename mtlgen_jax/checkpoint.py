@@ -28,21 +28,28 @@ class Checkpointer:
       every: save every this many steps (``save`` is a no-op otherwise unless forced).
       keep: how many recent checkpoints to keep.
       async_save: write in a background thread (the train loop goes on).
+      read_only: a reader (a notebook, ``--mode eval``): never writes, deletes or cleans
+        up -- a live trainer's save in flight (``*.orbax-checkpoint-tmp``) looks exactly
+        like a partial checkpoint, and a reader that removed it killed the save
+        (``bench/async_save_stress.py --reader cleanup``).
     """
 
-    def __init__(self, workdir: str, *, every: int = 1, keep: int = 3, async_save: bool = True):
+    def __init__(self, workdir: str, *, every: int = 1, keep: int = 3, async_save: bool = True,
+                 read_only: bool = False):
         self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
         partial = sorted(n for n in (os.listdir(self.directory) if os.path.isdir(self.directory)
                                      else []) if ".orbax-checkpoint-tmp" in n)
-        if partial:
+        if partial and not read_only:
             logging.warning("removing %d partial checkpoint(s) left by an interrupted save "
                             "(%s); resuming from the latest complete one.", len(partial),
                             ", ".join(partial))
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=max(1, every),
             max_to_keep=keep,
-            enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True,
+            enable_async_checkpointing=async_save and not read_only,
+            cleanup_tmp_directories=not read_only,
+            read_only=read_only,
+            create=not read_only,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "meta"))

@@ -125,7 +125,6 @@ def trained(tmp_path_factory):
     c.tasks.names = TASKS
     c.num_train_steps = 2
     c.eval.num_batches = 0
-    c.async_checkpoints = False
     train.Trainer(c, str(root / "run")).run()
     return root
 

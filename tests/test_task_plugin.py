@@ -37,7 +37,6 @@ def workdir(tmp_path_factory):
     c.tasks.names = "denoise,unflip_test"
     c.num_train_steps = 2
     c.eval.sample_steps = 1
-    c.async_checkpoints = False
     train.Trainer(c, work).run()
     return work
 
