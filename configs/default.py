@@ -41,6 +41,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 200
     c.keep_checkpoints = 3
     c.async_checkpoints = True  # write checkpoints in a background thread
+    # Resume from this checkpoint step instead of the latest (e.g. the latest is corrupt);
+    # later checkpoints are moved to <workdir>/checkpoints_set_aside/, never deleted.
+    c.resume_step = config_dict.placeholder(int)
 
     # Non-finite loss or gradient: 'halt' (stop with an error naming the step and
     # task; the last good checkpoint stays) or 'skip' (drop the update, count it,

@@ -17,7 +17,7 @@ import ml_collections
 from absl import logging
 from tqdm import tqdm
 
-from mtlgen_jax import components, data, evaluate
+from mtlgen_jax import checkpoint, components, data, evaluate
 from mtlgen_jax import workdir as workdir_lib
 from mtlgen_jax.checkpoint import Checkpointer
 from mtlgen_jax.sampling import Sampler
@@ -80,6 +80,8 @@ class Trainer:
         self.init_fn, self.step_fn = parts.init_fn, parts.step_fn
         self.is_main = jax.process_index() == 0
         workdir_lib.check_writable(workdir)
+        if config.resume_step is not None:
+            _resume_from(workdir, int(config.resume_step), move=self.is_main)
         self.ckpt = Checkpointer(workdir, every=config.checkpoint_every_steps,
                                  keep=config.keep_checkpoints,
                                  async_save=config.async_checkpoints)
@@ -229,6 +231,19 @@ class Trainer:
             writer.write(step, results)
             logging.info("eval at step %d (%.1fs):\n%s", step, time.perf_counter() - t0,
                          evaluate.format_table(results))
+
+
+def _resume_from(workdir: str, step: int, *, move: bool) -> None:
+    """``--config.resume_step``: every process checks the step exists; process 0 moves the
+    later checkpoints aside (``checkpoint.set_aside_after``); then all continue together."""
+    if step not in checkpoint.complete_steps(workdir):
+        checkpoint.set_aside_after(workdir, step)  # raises the error naming the steps
+    if move:
+        checkpoint.set_aside_after(workdir, step)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("mtlgen_jax resume_step")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:

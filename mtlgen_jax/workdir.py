@@ -81,6 +81,7 @@ ADDED_KEYS = {
     "tasks.inpaint.residual": False,
     "tasks.super_resolve.residual": False,
     "tasks.colorize.residual": False,
+    "resume_step": None,
 }
 
 

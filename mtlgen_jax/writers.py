@@ -1,6 +1,9 @@
 """Where metrics go: ``metrics.jsonl`` (appended, never rewritten) and TensorBoard.
 
-Only process 0 writes; on other processes the writer does nothing.
+Only process 0 writes; on other processes the writer does nothing. A run killed
+mid-write leaves a torn last line: the next writer cuts it off when it opens the
+file, and readers skip it. A resumed run logs the steps between its checkpoint and
+the kill again; :func:`read_metrics` keeps the last record of each step.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import os
 from typing import Any
 
 import jax
+from absl import logging
 
 
 class MetricWriter:
@@ -22,6 +26,7 @@ class MetricWriter:
         if self.enabled:
             from tensorboardX import SummaryWriter
 
+            _cut_torn_line(self.path)
             self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, scalars: dict[str, Any]) -> None:
@@ -40,10 +45,50 @@ class MetricWriter:
             self._tb.close()
 
 
-def read_metrics(workdir: str) -> list[dict]:
-    """All rows of a run's ``metrics.jsonl``."""
+def _cut_torn_line(path: str) -> None:
+    """Truncates ``path`` after its last newline (a line torn by a kill mid-write)."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            f.truncate(keep)
+            logging.warning("%s: cut a torn last line (%d bytes) left by an interrupted "
+                            "write.", path, len(data) - keep)
+
+
+def read_metrics(workdir: str, *, latest: bool = True) -> list[dict]:
+    """The rows of a run's ``metrics.jsonl``, in order of their first step.
+
+    Args:
+      workdir: the run directory.
+      latest: keep only the last record of each step and kind (training log or
+        evaluation): a resumed run's records replace those its killed predecessor wrote
+        after the checkpoint it resumed from. False: every row, as written.
+
+    A torn last line (a write cut short) is skipped.
+    """
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         return []
+    rows = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = f.read().split("\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:  # torn last line: the writer was cut off
+                continue
+            raise ValueError(f"{path}, line {i + 1}: not JSON: {line[:80]!r}") from None
+    if not latest:
+        return rows
+    last: dict[tuple, dict] = {}
+    for row in rows:
+        key = (row.get("step"), any(k.startswith("eval/") for k in row))
+        last.pop(key, None)  # re-insert: the order follows the latest write
+        last[key] = row
+    return sorted(last.values(), key=lambda r: r.get("step", -1))
