@@ -99,6 +99,14 @@ class Trainer:
         latest = self.ckpt.latest_step()
         if latest is None:
             return self.par.init_state(self.init_fn), 0
+        saved_by = self.ckpt.restore_meta(latest).get("process_count")
+        if saved_by is not None and saved_by != jax.process_count():
+            raise ValueError(
+                f"the checkpoint at step {latest} in {self.ckpt.directory} was written by "
+                f"{saved_by} process(es); this run has {jax.process_count()}. Each process "
+                "reads its own shard of the data, so the input position cannot carry over to "
+                f"another process count yet: resume with {saved_by} process(es) (any number "
+                "of devices each). The checkpoint is untouched.")
         abstract = jax.eval_shape(self.init_fn)
         state, meta = self.ckpt.restore(latest, self.par.abstract_state(abstract))
         state = self.par.place_restored(state)
@@ -107,7 +115,8 @@ class Trainer:
 
     def save(self, step: int, state: TrainState, data_position: int, *, force: bool = False):
         meta = {"data_position": data_position, "batch_size": self.config.batch_size,
-                "num_devices": self.par.num_devices, "tasks": list(self.comp.task_names)}
+                "num_devices": self.par.num_devices, "process_count": jax.process_count(),
+                "tasks": list(self.comp.task_names)}
         return self.ckpt.save(step, self.par.unreplicate(state), meta, force=force)
 
     # --- loop ---------------------------------------------------------------------------
