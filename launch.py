@@ -98,6 +98,15 @@ def main(argv):
 
     import mtlgen_jax as mg
 
+    try:
+        _run_mode(mg, overrides)
+    except mg.checkpoint.CheckpointError as e:
+        # The message says what to do; orbax's and TensorStore's traceback does not.
+        logging.error("%s", e)
+        raise SystemExit(f"error: {e}") from None
+
+
+def _run_mode(mg, overrides):
     if FLAGS.mode == "train":
         mg.train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == "eval":

@@ -52,7 +52,8 @@ def _compile_load(stop, errors):
         while not stop.is_set():
             i += 1
             n = 64 + (i % 7) * 8  # a new shape: a new compilation
-            jax.jit(lambda a, k=i: jnp.tanh(a @ a.T + k).sum())(jnp.ones((n, n))).block_until_ready()
+            fn = jax.jit(lambda a, k=i: jnp.tanh(a @ a.T + k).sum())
+            fn(jnp.ones((n, n))).block_until_ready()
     except Exception as e:  # noqa: BLE001 -- reported, not hidden
         errors.append(f"compile thread: {e!r}")
 
@@ -94,8 +95,8 @@ def one_iteration(root: str, steps: int, reader: str, seed: int) -> str | None:
         if kept != [steps - 1, steps]:
             return f"kept steps {kept}, expected {[steps - 1, steps]}"
         for step in kept:
-            abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype),
-                                    saved[step])
+            abstract = jax.tree.map(
+                lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), saved[step])
             state, meta = ckpt.restore(step, abstract)
             if int(meta["data_position"]) != step:
                 return f"step {step}: meta {meta}"

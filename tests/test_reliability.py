@@ -212,6 +212,13 @@ def test_corrupt_checkpoint_names_step_and_file_then_resume_step_continues(strai
     with pytest.raises(CheckpointError, match=rf"step {STEPS} cannot be read: /.*resume_step=4"):
         train.Trainer(config(data_dir), str(work)).initial_state()
     assert sorted(str(p) for p in last.rglob("*")) == before  # left as it was
+    # The command line ends with the message itself, not TensorStore's traceback.
+    proc = subprocess.run(args_for(work, data_dir), cwd=ROOT, env=env(), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"error: the checkpoint at step {STEPS} cannot be read: /")
+    assert sorted(str(p) for p in last.rglob("*")) == before
 
     with pytest.raises(ValueError, match=r"resume_step=3: .*no checkpoint at step 3; steps "
                                          r"present: \[2, 4, 6\]"):
