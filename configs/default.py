@@ -44,6 +44,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # Resume from this checkpoint step instead of the latest (e.g. the latest is corrupt);
     # later checkpoints are moved to <workdir>/checkpoints_set_aside/, never deleted.
     c.resume_step = config_dict.placeholder(int)
+    # Start a fresh run from another run's EMA parameters (its backbone, and the heads of
+    # tasks both runs have); 'backbone' in init_from_freeze trains only the heads.
+    c.init_from = ""
+    c.init_from_freeze = ""
 
     # Non-finite loss or gradient: 'halt' (stop with an error naming the step and
     # task; the last good checkpoint stays) or 'skip' (drop the update, count it,

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mtlgen_jax import diffusion, parallel, tasks, weighting
+from mtlgen_jax import diffusion, parallel, tasks, transfer, weighting
 from mtlgen_jax.models import MultiTaskModel
 from mtlgen_jax.step import LossTransform, TrainState, mixture_counts, train_step
 
@@ -190,7 +190,9 @@ def build(config, info) -> Components:
         num_classes=info.num_classes or 0, dtype=DTYPES[config.dtype],
         zero_heads=tuple(t.residual or t.objective == "bridge" for t in task_list),
     )
+    transfer.check_config(config)
     optimizer, lr_fn = build_optimizer(config)
+    optimizer = transfer.freeze(optimizer, config.init_from_freeze)
     return Components(
         model=model, tasks=task_list, strategy=strategy, optimizer=optimizer,
         learning_rate_fn=lr_fn, schedule=schedule, info=info,

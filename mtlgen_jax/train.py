@@ -17,7 +17,7 @@ import ml_collections
 from absl import logging
 from tqdm import tqdm
 
-from mtlgen_jax import checkpoint, components, data, evaluate
+from mtlgen_jax import checkpoint, components, data, evaluate, transfer
 from mtlgen_jax import workdir as workdir_lib
 from mtlgen_jax.checkpoint import Checkpointer
 from mtlgen_jax.sampling import Sampler
@@ -82,6 +82,8 @@ class Trainer:
         workdir_lib.check_writable(workdir)
         if config.resume_step is not None:
             _resume_from(workdir, int(config.resume_step), move=self.is_main)
+        if config.init_from and not checkpoint.complete_steps(workdir):
+            transfer.check_source(config.init_from)
         self.ckpt = Checkpointer(workdir, every=config.checkpoint_every_steps,
                                  keep=config.keep_checkpoints,
                                  async_save=config.async_checkpoints)
@@ -98,7 +100,10 @@ class Trainer:
         """The latest checkpoint's state, or a fresh one; and the data position."""
         latest = self.ckpt.latest_step()
         if latest is None:
-            return self.par.init_state(self.init_fn), 0
+            state = self.par.init_state(self.init_fn)
+            if self.config.init_from:
+                state = self._init_from(state)
+            return state, 0
         saved_by = self.ckpt.restore_meta(latest).get("process_count")
         if saved_by is not None and saved_by != jax.process_count():
             raise ValueError(
@@ -112,6 +117,18 @@ class Trainer:
         state = self.par.place_restored(state)
         logging.info("resumed from step %d in %s", latest, self.workdir)
         return state, int(meta.get("data_position", latest))
+
+    def _init_from(self, state: TrainState) -> TrainState:
+        """A fresh state with ``config.init_from``'s parameters copied in (``transfer``)."""
+        host = jax.device_get(self.par.unreplicate(state))
+        source, source_tasks = transfer.load(self.config.init_from)
+        params, report = transfer.merge(host.params, source, tasks=self.comp.task_names,
+                                        source_tasks=source_tasks)
+        logging.info("init_from %s: %d parameter arrays copied, %d fresh (%s)%s",
+                     self.config.init_from, len(report["copied"]), len(report["fresh"]),
+                     ", ".join(report["fresh"]) or "none",
+                     "; backbone frozen" if self.config.init_from_freeze else "")
+        return self.par.replicate(host.replace(params=params, ema_params=params))
 
     def save(self, step: int, state: TrainState, data_position: int, *, force: bool = False):
         meta = {"data_position": data_position, "batch_size": self.config.batch_size,

@@ -82,6 +82,8 @@ ADDED_KEYS = {
     "tasks.super_resolve.residual": False,
     "tasks.colorize.residual": False,
     "resume_step": None,
+    "init_from": "",
+    "init_from_freeze": "",
 }
 
 
