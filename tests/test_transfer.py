@@ -76,3 +76,17 @@ def test_shape_mismatch_and_bad_source_are_refused(source, tmp_path):
         train.Trainer(config(data_dir, init_from_freeze="backbone"), str(tmp_path / "f"))
     with pytest.raises(ValueError, match="init_from_freeze='all'"):
         train.Trainer(config(data_dir, init_from=src, init_from_freeze="all"), str(tmp_path / "a"))
+
+
+def test_transfer_experiment_configs_and_steps_to_reach():
+    from mtlgen_jax.experiments import transfer
+
+    cfgs = transfer.run_configs(default.get_config(), "colorize", 250)
+    assert cfgs["source"].tasks.names == "denoise,inpaint,super_resolve"
+    assert cfgs["scratch"].tasks.names == cfgs["transfer"].tasks.names == "colorize"
+    assert cfgs["scratch"].eval_every_steps == 250 and cfgs["source"].eval_every_steps == 1500
+    points = [(250, 17.0), (500, 18.2), (750, 19.1), (1000, 18.9)]
+    assert transfer.steps_to_reach(points, 19.0) == 750
+    assert transfer.steps_to_reach(points, 19.5) is None
+    with pytest.raises(ValueError, match="generate"):
+        transfer.run_configs(default.get_config(), "generate", 250)
