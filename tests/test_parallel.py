@@ -231,6 +231,11 @@ c.num_train_steps, c.warmup_steps, c.log_every_steps = 2, 1, 1
 c.eval_every_steps, c.checkpoint_every_steps = 2, 2
 c.eval.num_batches, c.eval.sample_steps = 1, 2
 c.dataset.data_dir = sys.argv[1]
+# tfds's MockFs swaps the process's file system while mock_data builds the evaluation
+# dataset, under orbax's thread still finalising the last async save (test_train's
+# test_mock_catalog_dataset): here, where the evaluation runs inside training, save
+# synchronously. No real run mocks its file system.
+c.async_checkpoints = False
 with tfds.testing.mock_data(num_examples=300):
     state = train.Trainer(c, sys.argv[2]).run()
 row = [r for r in writers.read_metrics(sys.argv[2]) if "eval/inpaint/psnr" in r][-1]
