@@ -2,15 +2,20 @@
 
     python bench/tiling.py --workdir runs/objectives/bridge [--steps 4] [--json PATH]
 
-Crops of 32 x 96 pixels from the held-out test photographs (scikit-image's chelsea
-and coffee, downscaled 4x as the embedded dataset's coarsest scale is) go through
+Crops of 32 x W pixels (``--widths``, default 40 and 96) from the held-out test
+photographs (scikit-image's chelsea and coffee, downscaled 4x as the embedded
+dataset's coarsest scale is) go through
 each task's degradation, then through ``Run.restore_image`` (tiles of the model's
 crop size, a quarter-tile overlap, blended at every sampler step) and through the
 same sampler with the model applied to the whole crop at once (no tiles: the U-Net
 is convolutional). Reported per task: PSNR of each against the clean crop (target:
 tiled within 0.2 dB of untiled) and the seam ratio -- the mean absolute step between
 neighbouring columns across tile borders over that across the other columns (1 = no
-seam; a seam would stand out above 1).
+seam; a seam would stand out above 1). The untiled reference is itself off the
+training distribution: the model learned 32 x 32 crops, and its attention then sees
+every position of a wider image at once. A width of 40 (two tiles) keeps it close to
+what the model knows -- the fair reference for the 0.2 dB criterion; 96 (four tiles)
+shows the drift on a wider image.
 """
 
 from __future__ import annotations
@@ -69,8 +74,17 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", required=True)
     p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--widths", default="40,96", help="crop widths (height: the tile size)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    result = {"steps": args.steps, "workdir": args.workdir, "widths": {}}
+    for width in (int(w) for w in args.widths.split(",")):
+        result["widths"][str(width)] = measure(args, width)
+    common.write_json(args.json, result)
+    return result
+
+
+def measure(args, width: int) -> dict:
 
     import mtlgen_jax as mg
     from mtlgen_jax import tiling
@@ -78,11 +92,11 @@ def main(argv=None) -> dict:
     from mtlgen_jax.tasks.super_resolve import downsample
 
     run = mg.restore(args.workdir)
-    clean = crops()
     size = run.info.image_size
+    clean = crops(size, width)
     overlap = size // 4
     borders = [x - 1 for x in tiling.tile_starts(clean.shape[2], size, size - overlap)[1:]]
-    result, rows = {"steps": args.steps, "workdir": args.workdir, "tasks": {}}, []
+    result, rows = {"tasks": {}}, []
     for task_name in run.tasks:
         task = run.comp.tasks[run.comp.task_index(task_name)]
         k = run.comp.task_index(task_name)
@@ -90,7 +104,7 @@ def main(argv=None) -> dict:
         x = to_float(jnp.asarray(clean))
         if task_name == "inpaint":  # the training masks are drawn for square crops
             hole = np.zeros(x.shape[:3] + (1,), np.float32)
-            hole[:, 8:24, 20:76] = 1.0  # 16 x 56: across two tile borders
+            hole[:, size // 4:3 * size // 4, width // 5:width - width // 5] = 1.0  # across borders
             full = task.condition(x, jnp.asarray(hole))
         else:
             full = task.degrade(x, key)
@@ -123,9 +137,8 @@ def main(argv=None) -> dict:
                      r["seam_ratio_untiled"]])
     common.print_table(rows, ["task", "PSNR tiled", "PSNR untiled", "Δ dB", "seam tiled",
                               "seam untiled"],
-                       title=f"{len(clean)} crops 32x96, tiles {size} (overlap {overlap}), "
-                             f"{args.steps} steps")
-    common.write_json(args.json, result)
+                       title=f"{len(clean)} crops {size}x{width}, tiles {size} (overlap "
+                             f"{overlap}), {args.steps} steps")
     return result
 
 

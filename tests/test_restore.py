@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,6 +15,8 @@ from configs import default
 from mtlgen_jax import api, cli, components, parallel, tiling, train
 from mtlgen_jax import workdir as workdir_lib
 from mtlgen_jax.data import DatasetInfo
+from mtlgen_jax.images import to_float, to_uint8
+from mtlgen_jax.tasks.inpaint import smooth_fill
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = "denoise,inpaint,super_resolve,colorize"
@@ -73,6 +76,12 @@ def test_inpainting_keeps_every_known_pixel_and_fills_a_hole_larger_than_a_tile(
     out = run.restore_image("inpaint", img, mask=mask, steps=3)
     np.testing.assert_array_equal(out[~mask], img[~mask])
     assert out[mask].std() > 0  # the hole is filled by the model, not left black
+    # Residual prediction with a zero head returns the task's start: the smooth fill of
+    # the WHOLE image (coarse to fine), not a fill of each tile on its own.
+    zero = fresh_run().restore_image("inpaint", img, mask=mask)
+    known = jnp.asarray(~mask[None, ..., None], jnp.float32)
+    whole = smooth_fill(to_float(jnp.asarray(img))[None] * known, known)
+    np.testing.assert_allclose(zero.astype(np.float32), np.asarray(to_uint8(whole))[0], atol=1)
 
 
 def test_stochastic_sampler_leaves_no_seam():
