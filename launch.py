@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging as pylogging
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -101,9 +102,15 @@ def main(argv):
     try:
         _run_mode(mg, overrides)
     except mg.checkpoint.CheckpointError as e:
-        # The message says what to do; orbax's and TensorStore's traceback does not.
+        # The message says what to do; orbax's and TensorStore's traceback does not, and
+        # their threads, left with a failed read or write, print "Event loop is closed"
+        # tracebacks at interpreter exit. Everything the run writes is closed by now
+        # (the loop's `finally`), so leave at once, the message last.
         logging.error("%s", e)
-        raise SystemExit(f"error: {e}") from None
+        logging.flush()
+        sys.stdout.flush()
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        os._exit(1)
 
 
 def _run_mode(mg, overrides):

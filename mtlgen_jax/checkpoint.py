@@ -64,8 +64,8 @@ def _unreadable(directory: str, step: int, steps: list[int], error: BaseExceptio
                 ) -> CheckpointError:
     """The error for a checkpoint that failed to restore: the step, the file, the way on."""
     text = str(error)
-    found = re.search(r"""["'](/[^"']+)["']""", text)
-    where = getattr(error, "filename", None) or (found.group(1) if found else
+    found = re.findall(r"""["'](/[^"']+)["']""", text)  # the most specific path named
+    where = getattr(error, "filename", None) or (max(found, key=len) if found else
                                                  os.path.join(directory, str(step)))
     reason = next((line.strip() for line in text.splitlines() if line.strip()),
                   type(error).__name__)

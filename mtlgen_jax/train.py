@@ -144,7 +144,11 @@ class Trainer:
         (or orbax's multi-host preemption signal); ``self.preempted`` is then True.
         """
         cfg = self.config
-        state, position = self.initial_state()
+        try:
+            state, position = self.initial_state()
+        except BaseException:
+            self.ckpt.close()  # orbax's threads stop here, not noisily at exit
+            raise
         start = int(jax.device_get(self.par.unreplicate(state).step))
         train_iter = data.create_iterator(cfg.dataset, cfg.dataset.train_split,
                                           batch_size=self.host_batch, seed=cfg.seed,
