@@ -91,14 +91,19 @@ class Parallel:
         if self.backend == "pmap":
             # A leading axis of local-device length; pmap shards it over its devices.
             n = len(self.local_devices)
-            return jax.tree.map(
-                lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)).copy(), tree)
+
+            def stack(x):  # a global replicated array: this process's copy
+                x = x.addressable_data(0) if isinstance(x, jax.Array) else x
+                return np.broadcast_to(np.asarray(x), (n,) + np.shape(x)).copy()
+
+            return jax.tree.map(stack, tree)
         return jax.tree.map(lambda x: jax.device_put(np.asarray(x), self.replicated), tree)
 
     def abstract_state(self, shapes: Any) -> Any:
-        """ShapeDtypeStructs with the sharding a restored state should have."""
-        if self.backend == "pmap":
-            return shapes
+        """ShapeDtypeStructs with the sharding a restored state should have: replicated
+        over this run's devices, whatever devices wrote it (for pmap, ``place_restored``
+        then stacks the copies). Without a sharding, orbax would restore onto the
+        writer's topology and refuse another device count."""
         return jax.tree.map(
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
 

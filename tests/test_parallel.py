@@ -227,9 +227,10 @@ c = cifar10.get_config()
 # the config's own (batch 256, evaluation batch 256 over 8 devices, 5 tasks).
 c.model.width, c.model.channel_mult, c.model.num_res_blocks = 8, (1, 2), 1
 c.model.attn_resolutions, c.model.num_heads = (), 1
+c.batch_size = 40  # 5 tasks x 8 devices; the evaluation batch stays the config's 256
 c.num_train_steps, c.warmup_steps, c.log_every_steps = 2, 1, 1
 c.eval_every_steps, c.checkpoint_every_steps = 2, 2
-c.eval.num_batches, c.eval.sample_steps = 1, 2
+c.eval.num_batches, c.eval.sample_steps = 1, 1
 c.dataset.data_dir = sys.argv[1]
 # tfds's MockFs swaps the process's file system while mock_data builds the evaluation
 # dataset, under orbax's thread still finalising the last async save (test_train's
@@ -247,7 +248,7 @@ print("RESULT " + json.dumps({"devices": jax.device_count(), "step": int(state.s
 def test_cifar10_config_trains_and_evaluates_on_8_devices(tmp_path):
     """configs/cifar10.py through tfds.testing.mock_data on 8 simulated devices: trains,
     saves, and the final evaluation (its real batch of 256 over 8 devices, 5 tasks,
-    classifier-free guidance) reports every task's metrics."""
+    classifier-free guidance, bfloat16) reports every task's metrics."""
     env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8 " + COLLECTIVE_TIMEOUT,
                JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
     proc = subprocess.run([sys.executable, "-c", CIFAR10_CHECK, str(tmp_path / "tfds"),

@@ -6,16 +6,17 @@ path too, with the tiny config's two-level U-Net (strided down- and upsampling).
 
 A run of 8 steps saves at step 3; a copy of its workdir without the later checkpoints
 stands for a run killed after step 3, and is resumed on another device count and
-backend: 8 -> 2 (shard_map), 8 -> 1 (pmap), 1 -> 8 (pmap), and 8 -> 8 (bitwise).
+backend: 8 -> 2 (pmap), 8 -> 1 (shard_map), 1 -> 8 (pmap), and 8 -> 8 (bitwise).
 Each launch is one process (the device count is fixed when JAX starts), one after
 another (multi-device processes sharing the 2 test cores were seen to hang).
 
 Tolerance: runs on different device counts differ only in float32 reduction order
 (the per-device gradient sums, then the cross-device sum). Over the 5 steps after a
-resume the losses agree to 1e-4 relative; the parameters to 1e-4 relative / 2e-5
-absolute: Adam's m / sqrt(v) moves a parameter whose gradient is near zero by up to
-~lr (2e-3) whatever the last bits of that gradient, so the absolute tolerance is a
-percent of one update.
+resume the losses agree to 1e-4 relative and the parameters to 1e-4 relative / 2e-5
+absolute. Adam with its default eps moves a parameter whose gradient is near zero by
+up to ~lr whatever the last bits of that gradient (a zero-initialised conv's bias
+differed by 8e-5 after 5 steps), so these runs use eps = 1e-3, which keeps the update
+a smooth function of the gradient.
 """
 
 import json
@@ -38,9 +39,15 @@ COLLECTIVE_TIMEOUT = "--xla_cpu_collective_call_terminate_timeout_seconds=120"
 
 
 def launch(workdir, data_dir, devices, backend="shard_map"):
+    # A persistent compilation cache shared by the launches: a resume compiles the same
+    # program as the reference run of its device count and backend (the 8 -> 8 and
+    # 8 -> 1 resumes reuse ref8's and ref1's), which is what the suite's time allows.
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-                         + COLLECTIVE_TIMEOUT)
+                         + COLLECTIVE_TIMEOUT,
+               JAX_COMPILATION_CACHE_DIR=str(data_dir.parent / "jax_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     env.pop("JAX_DISABLE_MOST_OPTIMIZATIONS", None)  # the optimised path
     proc = subprocess.run(
         [sys.executable, "launch.py", "--config", "configs/default.py:tiny",
@@ -48,6 +55,7 @@ def launch(workdir, data_dir, devices, backend="shard_map"):
          f"--config.num_train_steps={STEPS}", f"--config.checkpoint_every_steps={SAVED}",
          "--config.keep_checkpoints=5", "--config.log_every_steps=1",
          "--config.eval.num_batches=0", "--config.tasks.names=denoise,inpaint",
+         "--config.adam_eps=1e-3",  # Adam's update smooth in g (as tests/_multidevice.py)
          f"--config.parallel.backend={backend}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -84,8 +92,8 @@ def runs(tmp_path_factory):
     out["ref8"], out["ref1"] = root / "ref8", root / "ref1"
     launch(out["ref8"], data_dir, 8)
     launch(out["ref1"], data_dir, 1)
-    for name, src, devices, backend in [("8to2", "ref8", 2, "shard_map"),
-                                        ("8to1", "ref8", 1, "pmap"),
+    for name, src, devices, backend in [("8to2", "ref8", 2, "pmap"),
+                                        ("8to1", "ref8", 1, "shard_map"),
                                         ("1to8", "ref1", 8, "pmap"),
                                         ("8to8", "ref8", 8, "shard_map")]:
         out[name] = killed_after_saved(out[src], root / name)
