@@ -109,7 +109,10 @@ def main(argv):
         logging.error("%s", e)
         logging.flush()
         sys.stdout.flush()
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.stderr.flush()
+        real = os.dup(2)  # silence fd 2 for every thread, then write the message last
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+        os.write(real, f"error: {e}\n".encode())
         os._exit(1)
 
 
