@@ -216,8 +216,9 @@ def test_corrupt_checkpoint_names_step_and_file_then_resume_step_continues(strai
     proc = subprocess.run(args_for(work, data_dir), cwd=ROOT, env=env(), capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 1
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: the checkpoint at step {STEPS} cannot be read: /"), last
+    final_line = proc.stderr.strip().splitlines()[-1]
+    assert final_line.startswith(f"error: the checkpoint at step {STEPS} cannot be read: /"), \
+        final_line
     assert sorted(str(p) for p in last.rglob("*")) == before
 
     with pytest.raises(ValueError, match=r"resume_step=3: .*no checkpoint at step 3; steps "
