@@ -10,6 +10,7 @@ writes to a temporary directory and renames it when complete).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -34,10 +35,11 @@ def complete_steps(workdir: str) -> list[int]:
     return sorted(int(n) for n in names if n.isdigit())
 
 
-def set_aside_after(workdir: str, step: int) -> list[int]:
+def set_aside_after(workdir: str, step: int, *, move: bool = True) -> list[int]:
     """Resuming from ``step`` (``--config.resume_step``): moves the checkpoints of later
     steps to ``<workdir>/checkpoints_set_aside/`` -- never deletes them -- so that the
-    run continues from ``step``. Returns the steps moved.
+    run continues from ``step``. Returns the later steps. ``move=False`` only checks
+    (the processes of a multi-host run other than the one that moves).
 
     Raises:
       ValueError: no complete checkpoint at ``step``.
@@ -47,7 +49,7 @@ def set_aside_after(workdir: str, step: int) -> list[int]:
         raise ValueError(f"--config.resume_step={step}: {workdir} has no checkpoint at step "
                          f"{step}; steps present: {steps}.")
     later = [s for s in steps if s > step]
-    if later:
+    if later and move:
         target = os.path.join(workdir, SET_ASIDE_DIR)
         os.makedirs(target, exist_ok=True)
         for s in later:
@@ -174,8 +176,6 @@ class Checkpointer:
             raise self._save_failed(e) from e
 
     def _save_failed(self, error: BaseException) -> CheckpointError:
-        import errno
-
         steps = complete_steps(os.path.dirname(self.directory))
         full = isinstance(error, OSError) and error.errno == errno.ENOSPC
         cause = ("the disk is full" if full else

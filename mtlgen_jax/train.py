@@ -266,10 +266,7 @@ class Trainer:
 def _resume_from(workdir: str, step: int, *, move: bool) -> None:
     """``--config.resume_step``: every process checks the step exists; process 0 moves the
     later checkpoints aside (``checkpoint.set_aside_after``); then all continue together."""
-    if step not in checkpoint.complete_steps(workdir):
-        checkpoint.set_aside_after(workdir, step)  # raises the error naming the steps
-    if move:
-        checkpoint.set_aside_after(workdir, step)
+    checkpoint.set_aside_after(workdir, step, move=move)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 

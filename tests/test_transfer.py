@@ -56,8 +56,6 @@ def test_frozen_backbone_is_bitwise_unchanged_after_steps(source, tmp_path):
                                    **{"tasks.names": "denoise,colorize"}), str(tmp_path / "z"))
     state = jax.device_get(trainer.par.unreplicate(trainer.run()))
     assert int(state.step) == 2
-    chex.assert_trees_all_equal(state.params["backbone"]["ResBlock_0"],
-                                ema["backbone"]["ResBlock_0"])
     rest = {k: v for k, v in state.params["backbone"].items() if k != "task_embed"}
     chex.assert_trees_all_equal(rest, {k: v for k, v in ema["backbone"].items()
                                        if k != "task_embed"})
