@@ -130,10 +130,18 @@ def _model_inputs(comp: Components, batch, *, train: bool):
     return (inputs.x_t, cond, inputs.t, task_id, model_labels), inputs, mask
 
 
-def _per_task(comp: Components, pred, inputs: objectives.TrainInputs, mask,
-              task_id) -> jax.Array:
-    """Per-task losses [K], each a sum over its examples / its GLOBAL example count."""
+def _per_task(comp: Components, pred, inputs: objectives.TrainInputs, mask, task_id,
+              cond) -> jax.Array:
+    """Per-task losses [K], each a sum over its examples / its GLOBAL example count.
+
+    A consistent task's clean-image estimate goes through its ``project`` first (the
+    projection the sampler applies), so the loss scores only what the condition leaves
+    open.
+    """
     pred = pred + inputs.offset
+    if any(tk.consistent and tk.predicts_image for tk in comp.tasks):
+        pred = select(task_id, [tk.project(pred, cond) if tk.consistent and tk.predicts_image
+                                else pred for tk in comp.tasks])
     l2 = diffusion.loss(pred, inputs.target, mask, kind="l2")
     l1 = diffusion.loss(pred, inputs.target, mask, kind="l1")
     use_l1 = jnp.asarray([tk.loss == "l1" for tk in comp.tasks])[task_id]
@@ -151,7 +159,7 @@ def task_losses(comp: Components, params, batch, dropout_key, *, train: bool = T
     """
     args, inputs, mask = _model_inputs(comp, batch, train=train)
     pred = comp.model.apply({"params": params}, *args, train=train, rngs={"dropout": dropout_key})
-    return _per_task(comp, pred, inputs, mask, batch["task_id"])
+    return _per_task(comp, pred, inputs, mask, batch["task_id"], args[1])
 
 
 def split_task_losses(comp: Components, batch, dropout_key, *, train: bool = True):
@@ -171,7 +179,7 @@ def split_task_losses(comp: Components, batch, dropout_key, *, train: bool = Tru
 
     def head_loss_fn(z, heads):
         pred = comp.model.apply({"params": heads}, z, task_id, method="head_outputs")
-        return _per_task(comp, pred, inputs, mask, task_id)
+        return _per_task(comp, pred, inputs, mask, task_id, args[1])
 
     return features_fn, head_loss_fn
 

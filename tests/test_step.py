@@ -102,3 +102,36 @@ def test_gradient_method_with_one_task_is_refused_before_compiling():
     with pytest.raises(ValueError, match="cagrad combines per-task gradients and needs at least 2"):
         components.build(cfg, INFO)
 
+
+
+def test_loss_scores_only_what_the_condition_leaves_open():
+    """A consistent task's loss is that of its projected estimate: shifting a super-
+    resolution estimate by a block-constant field (which the low-resolution image fixes)
+    or a colour estimate along the luma vector changes nothing; without consistency it
+    does."""
+    from mtlgen_jax import objectives
+    from mtlgen_jax.tasks.colorize import LUMA
+
+    def losses(consistent, shift):
+        cfg = default.get_config("tiny")
+        cfg.tasks.names = "super_resolve,colorize"
+        for name in ("super_resolve", "colorize"):
+            cfg.tasks[name] = dict(cfg.tasks[name], objective="regression", residual=True,
+                                   consistent=consistent)
+        comp = components.build(cfg, INFO)
+        x0 = jax.random.uniform(jax.random.key(0), (8, 16, 16, 3), minval=-0.9, maxval=0.9)
+        task_id = jnp.asarray([0, 1] * 4)
+        keys = jax.vmap(lambda k: jax.random.split(k, 4))(jax.random.split(jax.random.key(1), 8))
+        cond, inputs, mask, _ = step.make_inputs(comp, x0, jnp.zeros(8, jnp.int32), task_id,
+                                                 keys, train=True)
+        pred = 0.1 * jax.random.normal(jax.random.key(2), x0.shape)
+        blocks = jax.random.normal(jax.random.key(3), (8, 8, 8, 3))
+        block_field = jnp.repeat(jnp.repeat(blocks, 2, axis=1), 2, axis=2)
+        luma_field = jax.random.normal(jax.random.key(4), (8, 16, 16, 1)) * jnp.asarray(LUMA)
+        field = jnp.where((task_id == 0)[:, None, None, None], block_field, luma_field)
+        assert isinstance(inputs, objectives.TrainInputs)
+        return np.asarray(step._per_task(comp, pred + shift * field, inputs, mask, task_id,
+                                         cond))
+
+    np.testing.assert_allclose(losses(True, 0.0), losses(True, 0.5), rtol=1e-5)
+    assert np.all(losses(False, 0.5) > 1.1 * losses(False, 0.0))

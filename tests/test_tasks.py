@@ -252,5 +252,48 @@ def test_classical_methods_beat_the_trivial_baselines_on_smooth_images():
         assert np.all(np.asarray(gain) > 3.0), (name, gain)
     t = make("super_resolve")
     cond = t.degrade(x, key)
-    np.testing.assert_array_equal(t.classical(cond, {}), np.asarray(cond.image))
+    bicubic = jnp.clip(upsample(downsample(x, 2), 2), -1, 1)
+    np.testing.assert_allclose(t.classical(cond, {}), bicubic, atol=1e-5)
+    np.testing.assert_allclose(t.baseline(cond), bicubic, atol=1e-5)
     assert make("colorize").classical(t.degrade(x, key), {}) is None
+
+
+@pytest.mark.parametrize("name,params", [("super_resolve", dict(factor=2)),
+                                         ("super_resolve", dict(factor=4)),
+                                         ("colorize", {}), ("inpaint", {})])
+def test_project_is_the_orthogonal_projection_onto_consistent_images(name, params):
+    """The clean image is fixed; P(P(y)) = P(y); P(y) satisfies the condition; and
+    y - P(y) is orthogonal to P(y) - x (x in the affine set: P is the nearest point)."""
+    t = make(name, **params)
+    x = images(b=4, seed=1)
+    cond = t.degrade(x, jax.random.key(2))
+    y = images(b=4, seed=3)
+    p = t.project(y, cond)
+    np.testing.assert_allclose(t.project(x, cond), x, atol=1e-5)
+    np.testing.assert_allclose(t.project(p, cond), p, atol=1e-5)
+    if name == "super_resolve":
+        np.testing.assert_allclose(downsample(p, t.factor), downsample(x, t.factor), atol=1e-5)
+    elif name == "colorize":
+        np.testing.assert_allclose(luminance(p), luminance(x), atol=1e-5)
+    else:
+        np.testing.assert_allclose(p * cond.mask, x * cond.mask, atol=1e-6)
+    inner = jnp.sum((y - p) * (p - x), axis=(1, 2, 3))
+    np.testing.assert_allclose(inner, 0.0, atol=1e-3)
+    assert np.all(np.asarray(jnp.sum((p - x) ** 2, axis=(1, 2, 3))
+                             < jnp.sum((y - x) ** 2, axis=(1, 2, 3))))
+
+
+def test_super_resolve_condition_is_a_consistent_back_projection():
+    x = smooth_images()
+    t = make("super_resolve", factor=2)
+    cond = t.degrade(x, jax.random.key(0))
+    np.testing.assert_allclose(downsample(cond.image, 2), downsample(x, 2), atol=1e-6)
+    np.testing.assert_allclose(t.start(cond), cond.image)
+    bicubic = t.baseline(cond)
+    gain = metrics_lib.masked_psnr(cond.image, x, None) - metrics_lib.masked_psnr(bicubic, x, None)
+    assert np.all(np.asarray(gain) > 0.0), gain
+    # consistent=False: the condition of runs made before, the plain bicubic upsampling.
+    old = make("super_resolve", factor=2, consistent=False)
+    cond_old = old.degrade(x, jax.random.key(0))
+    np.testing.assert_allclose(cond_old.image, bicubic, atol=1e-6)
+    np.testing.assert_array_equal(old.postprocess(cond.image, cond_old), cond.image)

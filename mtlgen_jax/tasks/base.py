@@ -46,6 +46,12 @@ class Task:
         the baseline). Restoration tasks only.
       bridge_noise: the bridge's noise scale gamma (``objective='bridge'``): the noise
         of ``x_t`` is ``gamma sqrt(t (1 - t))``, zero at both ends.
+      consistent: keep every clean-image estimate consistent with the condition: the
+        task's ``project`` (inpainting: the known pixels pasted back; super-resolution:
+        each factor x factor block's mean equal to its low-resolution pixel;
+        colorization: the luminance equal to the gray input) is applied to each
+        estimate while sampling and inside the training loss, so the network is
+        scored only on what the condition does not already determine.
       **params: the task's own parameters (see each subclass).
     """
 
@@ -81,6 +87,7 @@ class Task:
         loss: str = "l2",
         residual: bool = False,
         bridge_noise: float = 0.2,
+        consistent: bool = True,
         **params: Any,
     ):
         if weight <= 0:
@@ -105,6 +112,7 @@ class Task:
         if not bridge_noise >= 0:
             raise ValueError(f"tasks.{self.name}.bridge_noise={bridge_noise} must be >= 0.")
         self.residual = bool(residual)
+        self.consistent = bool(consistent)
         self.bridge_noise = float(bridge_noise)
         self.channels = channels
         self.image_size = image_size
@@ -120,7 +128,7 @@ class Task:
             raise ValueError(
                 f"tasks.{self.name} got unknown parameter(s) {unknown}; "
                 f"{self.name} takes {sorted(accepted) or 'none'} besides weight, objective, loss, "
-                "residual, bridge_noise."
+                "residual, bridge_noise, consistent."
             )
         self.configure(**params)
 
@@ -141,9 +149,27 @@ class Task:
         """Class labels given to the model; the default is the "no label" token."""
         return jnp.full(labels.shape, self.num_classes, jnp.int32)
 
-    def postprocess(self, x0: jax.Array, cond: Condition) -> jax.Array:
-        """Applied to each predicted clean image (e.g. paste the known pixels)."""
+    def project(self, x0: jax.Array, cond: Condition) -> jax.Array:
+        """The image nearest ``x0`` (in L2) that is consistent with the condition, when the
+        condition fixes part of the image (the known pixels, the low-resolution image,
+        the luminance): an affine orthogonal projection, differentiable. The default (no
+        hard constraint, e.g. denoising) returns ``x0``. A clean image is its own
+        projection, so projecting never moves an estimate away from the truth."""
+        del cond
         return x0
+
+    def postprocess(self, x0: jax.Array, cond: Condition) -> jax.Array:
+        """Applied to each predicted clean image (already clipped to [-1, 1]) while
+        sampling: with ``consistent``, ``project`` and clip again."""
+        if not self.consistent:
+            return x0
+        return jnp.clip(self.project(x0, cond), -1.0, 1.0)
+
+    @property
+    def predicts_image(self) -> bool:
+        """Whether the head's output (plus the objective's offset) is a clean-image
+        estimate -- every objective but plain diffusion, whose head predicts v or eps."""
+        return self.objective != "diffusion" or self.residual
 
     def baseline(self, cond: Condition) -> jax.Array | None:
         """The trivial restoration from the condition alone, or None (what the

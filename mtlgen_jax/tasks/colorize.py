@@ -48,3 +48,10 @@ class Colorize(Task):
 
     def baseline(self, cond: Condition) -> jax.Array:
         return cond.image
+
+    def project(self, x0: jax.Array, cond: Condition) -> jax.Array:
+        """The colour image nearest ``x0`` whose luminance is the gray input: each
+        pixel moved along the luma vector w by (gray - w.x) / |w|^2."""
+        w = jnp.asarray(LUMA, x0.dtype)
+        gap = cond.image[..., :1] - luminance(x0)
+        return x0 + gap * w / jnp.sum(w * w)

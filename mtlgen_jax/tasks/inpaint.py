@@ -135,7 +135,8 @@ class Inpaint(Task):
     def loss_mask(self, cond: Condition) -> jax.Array:
         return 1.0 - cond.mask
 
-    def postprocess(self, x0: jax.Array, cond: Condition) -> jax.Array:
+    def project(self, x0: jax.Array, cond: Condition) -> jax.Array:
+        """The known pixels pasted back."""
         return cond.image * cond.mask + x0 * (1.0 - cond.mask)
 
     def classical(self, cond: Condition, info) -> np.ndarray:
