@@ -1,4 +1,4 @@
-"""The multi-task model: one shared U-Net backbone, one output head per task."""
+"""The multi-task model: one shared backbone (U-Net or transformer), one output head per task."""
 
 from __future__ import annotations
 
@@ -10,6 +10,22 @@ import jax
 import jax.numpy as jnp
 
 from mtlgen_jax.models.unet import UNet, _groups
+from mtlgen_jax.models.vit import DiT, TokenHead
+
+BACKBONES = ("unet", "vit")
+
+
+class HeadBlock(nn.Module):
+    """A residual GroupNorm-SiLU-Conv3x3 layer of a deeper U-Net head (zero-initialised:
+    the identity at init, so a deeper head starts as the same function as a depth-0 one)."""
+
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = nn.GroupNorm(_groups(x.shape[-1]), dtype=self.dtype)(x)
+        return x + nn.Conv(x.shape[-1], (3, 3), dtype=self.dtype,
+                           kernel_init=nn.initializers.zeros)(nn.silu(h))
 
 
 class TaskHead(nn.Module):
@@ -17,14 +33,19 @@ class TaskHead(nn.Module):
 
     Kept light on purpose: every head runs on every example of a batch (the
     example's task id then selects one output), so its cost is paid K times.
+    ``depth`` residual :class:`HeadBlock` layers run first (0: the head above, with
+    the same parameter names; deeper heads add ``hidden_<i>`` subtrees).
     """
 
     out_channels: int
     dtype: Any = jnp.float32
     zero_init: bool = False  # the output starts at zero (residual and bridge objectives)
+    depth: int = 0
 
     @nn.compact
     def __call__(self, features: jax.Array) -> jax.Array:
+        for i in range(self.depth):
+            features = HeadBlock(self.dtype, name=f"hidden_{i}")(features)
         h = nn.GroupNorm(_groups(features.shape[-1]), dtype=self.dtype)(features)
         init = nn.initializers.zeros if self.zero_init else nn.linear.default_kernel_init
         h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, kernel_init=init)(nn.silu(h))
@@ -42,10 +63,15 @@ class MultiTaskModel(nn.Module):
     Attributes:
       tasks: task names, in task-id order.
       out_channels: image channels C.
-      backbone: keyword arguments of :class:`UNet` (width, channel_mult, ...).
+      backbone: keyword arguments of the backbone: :class:`UNet` (width,
+        channel_mult, ...) or :class:`~mtlgen_jax.models.vit.DiT` (width, depth,
+        num_heads, patch_size, ...).
       num_classes: class labels of the dataset (0 if unlabeled).
       dtype: computation dtype.
       zero_heads: per task, whether its head's output layer starts at zero.
+      backbone_kind: 'unet' (feature maps [B, H, W, width], conv heads) or 'vit'
+        (a DiT; the token grid [B, H/p, W/p, width], heads that unpatchify).
+      head_depth: extra residual layers in each task head before its output layer.
     """
 
     tasks: Sequence[str]
@@ -54,20 +80,30 @@ class MultiTaskModel(nn.Module):
     num_classes: int = 0
     dtype: Any = jnp.float32
     zero_heads: Sequence[bool] = ()
+    backbone_kind: str = "unet"
+    head_depth: int = 0
 
     def setup(self):
-        self.unet = UNet(
-            num_tasks=len(self.tasks),
-            num_classes=self.num_classes,
-            dtype=self.dtype,
-            name="backbone",
-            **self.backbone,
-        )
+        if self.backbone_kind not in BACKBONES:
+            raise ValueError(f"backbone_kind={self.backbone_kind!r}: use one of {BACKBONES}.")
+        common = dict(num_tasks=len(self.tasks), num_classes=self.num_classes, dtype=self.dtype,
+                      name="backbone", **self.backbone)
         zero = tuple(self.zero_heads) or (False,) * len(self.tasks)
-        self.heads = [
-            TaskHead(self.out_channels, self.dtype, zero_init=z, name=f"head_{t}")
-            for t, z in zip(self.tasks, zero)
-        ]
+        if self.backbone_kind == "unet":
+            self.unet = UNet(**common)
+            self.heads = [
+                TaskHead(self.out_channels, self.dtype, zero_init=z, depth=self.head_depth,
+                         name=f"head_{t}")
+                for t, z in zip(self.tasks, zero)
+            ]
+        else:
+            self.unet = DiT(**common)  # the attribute keeps its name: callers use model.unet
+            self.heads = [
+                TokenHead(self.out_channels, self.backbone["patch_size"], self.dtype,
+                          zero_init=z, depth=self.head_depth,
+                          mlp_ratio=self.backbone.get("mlp_ratio", 4.0), name=f"head_{t}")
+                for t, z in zip(self.tasks, zero)
+            ]
 
     def __call__(
         self,
@@ -83,8 +119,9 @@ class MultiTaskModel(nn.Module):
         return self.head_outputs(features, task_id)
 
     def features(self, x_noisy, condition, t, task_id, label=None, *, train: bool = False):
-        """The shared representation: the backbone's output features [B, H, W, F].
+        """The shared representation: the backbone's output, spatial in both cases.
 
+        U-Net: feature maps [B, H, W, width]; vit: the token grid [B, H/p, W/p, width].
         Only ``params['backbone']`` is used (``method='features'`` in ``apply``).
         """
         x = jnp.concatenate([x_noisy, condition.image, condition.mask], axis=-1)
