@@ -9,6 +9,9 @@ every device of every host, 200k steps. Class-conditional generation with
 classifier-free guidance, inpainting, 2x super-resolution, colorization and
 denoising, with equal task weights (try --config.weighting.name=famo or
 nash_mtl). On one H100 expect several steps per second; use --distributed on pods.
+
+`configs/cifar10.py:vit` swaps the U-Net for a DiT-S/2 transformer backbone
+(`mtlgen_jax/models/vit.py`; cuDNN attention on GPUs), not yet measured against it.
 """
 
 from configs import default
@@ -31,6 +34,7 @@ def get_config(variant: str = ""):
     for name in ("denoise", "inpaint", "super_resolve", "colorize"):  # Palette's diffusion
         c.tasks[name] = dict(c.tasks[name], objective="diffusion", residual=False)
     c.weighting.name = "ew"
+    c.model.backbone = "unet"
     c.model.width = 128
     c.model.channel_mult = (1, 2, 2, 2)
     c.model.num_res_blocks = 2
@@ -40,6 +44,22 @@ def get_config(variant: str = ""):
     c.eval.num_batches = 4
     c.eval.sample_steps = 100
     c.eval.guidance = 2.0
-    if variant == "tiny":
+    words = set(filter(None, variant.split(",")))
+    if words - {"vit", "tiny"}:
+        raise ValueError(f"configs/cifar10.py: unknown variant {variant!r}; use '', 'vit', "
+                         "'tiny' or 'vit,tiny'.")
+    if "vit" in words:
+        # DiT-S/2 (Peebles & Xie, 2023): 12 blocks of width 384, 6 heads of 64, 2x2
+        # patches (256 tokens), ~33M parameters like the U-Net; cuDNN flash attention in
+        # bfloat16 on GPUs (XLA's attention elsewhere). DiT trains without dropout.
+        c.model.backbone = "vit"
+        c.model.width = 384
+        c.model.num_heads = 6
+        c.model.patch_size = 2
+        c.model.depth = 12
+        c.model.mlp_ratio = 4.0
+        c.model.dropout = 0.0
+        c.model.attention_impl = "cudnn"
+    if "tiny" in words:
         default.shrink(c)
     return c

@@ -13,7 +13,10 @@ pass. Evaluation runs on held-out photographs (chelsea, coffee) at 1 sampling st
 and prints PSNR/SSIM/sharpness beside each task's trivial baseline and classical
 method; PNG grids go to `runs/default/samples/`. What to expect: README "Results".
 
-`get_config("tiny")` shrinks everything for smoke tests.
+`get_config("tiny")` shrinks everything for smoke tests; `get_config("vit")` (on the
+command line `configs/default.py:vit`, `configs/default.py:vit,tiny`) swaps the U-Net
+for the transformer backbone (a DiT, `mtlgen_jax/models/vit.py`), not yet measured
+against the U-Net.
 """
 
 import ml_collections
@@ -89,12 +92,22 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.diffusion.eta = 0.0  # DDIM stochasticity (0 = deterministic)
 
     c.model = ml_collections.ConfigDict()
-    c.model.width = 32
-    c.model.channel_mult = (1, 2, 2)
-    c.model.num_res_blocks = 1
-    c.model.attn_resolutions = (8,)
+    # 'unet' | 'vit' (a DiT over patches: mtlgen_jax/models/vit.py); the U-Net stays the
+    # default until the transformer is measured against it.
+    c.model.backbone = "unet"
+    c.model.width = 32  # U-Net: channels at full resolution; vit: token width
+    c.model.channel_mult = (1, 2, 2)  # U-Net levels
+    c.model.num_res_blocks = 1  # U-Net
+    c.model.attn_resolutions = (8,)  # U-Net: sizes with self-attention
     c.model.dropout = 0.0
-    c.model.num_heads = 4
+    c.model.num_heads = 4  # attention heads (vit: divides width)
+    c.model.patch_size = 2  # vit: p x p pixels per token (divides dataset.image_size)
+    c.model.depth = 6  # vit: transformer blocks
+    c.model.mlp_ratio = 4.0  # vit: MLP hidden size over width
+    # vit: jax.nn.dot_product_attention's implementation: None (XLA's), 'xla', or 'cudnn'
+    # (cuDNN flash attention: GPU, bfloat16, head size width/num_heads a multiple of 8 <= 128).
+    c.model.attention_impl = config_dict.placeholder(str)
+    c.model.head_depth = 0  # extra residual layers in each task's head (0: one output layer)
 
     c.weighting = ml_collections.ConfigDict()
     c.weighting.name = "famo"  # see mtlgen_jax.weighting.NAMES
@@ -117,9 +130,27 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.eval.sample_steps = 1  # sampler steps at evaluation (bridge: 1 = the fidelity point)
     c.eval.guidance = 1.0  # classifier-free guidance scale for 'generate' (1 = none)
 
-    if variant == "tiny":
+    words = set(filter(None, variant.split(",")))
+    if words - {"vit", "tiny"}:
+        raise ValueError(f"configs/default.py: unknown variant {variant!r}; use '', 'vit', "
+                         "'tiny' or 'vit,tiny'.")
+    if "vit" in words:
+        use_vit(c)
+    if "tiny" in words:
         shrink(c)
     return c
+
+
+def use_vit(c: ml_collections.ConfigDict) -> None:
+    """The transformer backbone at CPU size (`configs/default.py:vit`): a DiT of 6 blocks of
+    width 96 over 2x2 patches (256 tokens per 32x32 crop), the same tasks and training."""
+    c.model.backbone = "vit"
+    c.model.width = 96
+    c.model.num_heads = 4
+    c.model.patch_size = 2
+    c.model.depth = 6
+    c.model.mlp_ratio = 4.0
+    c.model.dropout = 0.0
 
 
 def shrink(c: ml_collections.ConfigDict) -> None:
@@ -135,6 +166,8 @@ def shrink(c: ml_collections.ConfigDict) -> None:
     c.model.channel_mult = (1, 2)
     c.model.attn_resolutions = (8,)
     c.model.num_heads = 1
+    if c.model.backbone == "vit":
+        c.model.depth = 2
     c.eval.batch_size = 8
     c.eval.num_batches = 1
     c.eval.sample_steps = 2

@@ -30,6 +30,7 @@ def get_config(variant: str = ""):
     c.eval_every_steps = 400
     c.checkpoint_every_steps = 400
     c.keep_checkpoints = 1
+    c.model.backbone = "unet"  # measured with the U-Net
     c.model.width = 16
     for name in ("denoise", "inpaint", "super_resolve", "colorize"):
         c.tasks[name] = dict(c.tasks[name], objective="regression", residual=False)

@@ -34,6 +34,7 @@ def get_config(variant: str = ""):
     c.tasks.generate = dict(weight=2.0, objective="diffusion", class_conditional="auto",
                             label_dropout=0.1)
     c.warmup_steps = 100
+    c.model.backbone = "unet"  # measured with the U-Net
     c.model.width = 32
     c.model.channel_mult = (1, 2, 2)
     c.model.num_res_blocks = 1

@@ -21,6 +21,8 @@ import optax
 
 from mtlgen_jax import diffusion, parallel, tasks, transfer, weighting
 from mtlgen_jax.models import MultiTaskModel
+from mtlgen_jax.models.multitask import BACKBONES
+from mtlgen_jax.models.vit import ATTENTION_IMPLS
 from mtlgen_jax.step import LossTransform, TrainState, mixture_counts, train_step
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -69,8 +71,24 @@ def _positive(config, *keys: str) -> None:
             raise ValueError(f"config.{key}={value} must be > 0.")
 
 
-def check_model_config(model_cfg, image_size: int) -> None:
-    """Image size vs. U-Net depth, attention resolutions."""
+def check_model_config(model_cfg, image_size: int, dtype: str = "float32") -> None:
+    """The backbone vs. the image size and the dtype, before anything compiles.
+
+    U-Net: image size vs. depth, width vs. GroupNorm. vit: image size vs. patch size,
+    width vs. heads and the position code, ``attention_impl`` vs. dtype and head size.
+    """
+    kind = model_cfg.get("backbone", "unet")
+    if kind not in BACKBONES:
+        raise ValueError(f"model.backbone={kind!r} is unknown; use one of {BACKBONES}.")
+    if model_cfg.get("head_depth", 0) < 0:
+        raise ValueError(f"model.head_depth={model_cfg.head_depth} must be >= 0 (0: one output "
+                         "layer per task).")
+    if kind == "vit":
+        _check_vit_config(model_cfg, image_size, dtype)
+        return
+    if model_cfg.get("attention_impl") is not None:
+        raise ValueError(f"model.attention_impl={model_cfg.attention_impl!r} applies to "
+                         "model.backbone='vit' only (the U-Net uses Flax's attention); drop it.")
     levels = len(model_cfg.channel_mult)
     factor = 2 ** (levels - 1)
     if image_size % factor:
@@ -81,6 +99,49 @@ def check_model_config(model_cfg, image_size: int) -> None:
         )
     if model_cfg.width % 8 and model_cfg.width > 8:
         raise ValueError(f"model.width={model_cfg.width} should be a multiple of 8 (GroupNorm).")
+
+
+def _check_vit_config(m, image_size: int, dtype: str) -> None:
+    for key in ("width", "depth", "num_heads", "patch_size", "mlp_ratio"):
+        if not m[key] > 0:
+            raise ValueError(f"model.{key}={m[key]} must be > 0.")
+    if image_size % m.patch_size:
+        raise ValueError(f"dataset.image_size={image_size} is not divisible by model.patch_size="
+                         f"{m.patch_size}: the transformer cuts the image into patch_size x "
+                         "patch_size tokens. Use a patch size that divides the image size.")
+    if m.width % m.num_heads:
+        raise ValueError(f"model.width={m.width} is not divisible by model.num_heads="
+                         f"{m.num_heads}: each head takes width / num_heads channels. Change "
+                         "either.")
+    if m.width % 4:
+        raise ValueError(f"model.width={m.width} must be a multiple of 4 (the 2D sin-cos "
+                         "position code splits it over rows and columns, sin and cos).")
+    impl = m.attention_impl
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"model.attention_impl={impl!r} is unknown; use None (XLA's), 'xla' "
+                         "or 'cudnn'.")
+    if impl == "cudnn":
+        head = m.width // m.num_heads
+        if dtype != "bfloat16":
+            raise ValueError(f"model.attention_impl='cudnn' needs dtype='bfloat16' (cuDNN's "
+                             f"flash attention), not {dtype!r}: set --config.dtype=bfloat16 or "
+                             "model.attention_impl='xla'.")
+        if head % 8 or head > 128:
+            raise ValueError(f"model.attention_impl='cudnn' needs a head size (model.width / "
+                             f"model.num_heads = {head}) that is a multiple of 8 up to 128; "
+                             "change width or num_heads, or use model.attention_impl='xla'.")
+
+
+def model_kwargs(model_cfg) -> dict:
+    """The backbone's keyword arguments (``MultiTaskModel.backbone``) from ``config.model``."""
+    m = model_cfg
+    if m.get("backbone", "unet") == "vit":
+        return dict(width=m.width, depth=m.depth, num_heads=m.num_heads,
+                    patch_size=m.patch_size, mlp_ratio=float(m.mlp_ratio), dropout=m.dropout,
+                    attention_impl=m.attention_impl)
+    return dict(width=m.width, channel_mult=tuple(m.channel_mult),
+                num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
+                dropout=m.dropout, num_heads=m.num_heads)
 
 
 def build_optimizer(config) -> tuple[optax.GradientTransformation, Any]:
@@ -173,7 +234,7 @@ def build(config, info) -> Components:
         raise ValueError(f"config.dtype={config.dtype!r} is unknown; use one of {tuple(DTYPES)}.")
     if config.diffusion.prediction not in ("eps", "v", "x0"):
         raise ValueError(f"diffusion.prediction={config.diffusion.prediction!r}: use eps, v or x0.")
-    check_model_config(config.model, info.image_size)
+    check_model_config(config.model, info.image_size, config.dtype)
     task_list = tasks.create_all(config.tasks, channels=info.channels, image_size=info.image_size,
                                  num_classes=info.num_classes or 0)
     mixture_counts([t.weight for t in task_list], config.batch_size)  # every task gets examples
@@ -183,12 +244,11 @@ def build(config, info) -> Components:
     schedule = diffusion.get_schedule(config.diffusion.schedule)
     model = MultiTaskModel(
         tasks=tuple(t.name for t in task_list), out_channels=info.channels,
-        backbone=dict(width=config.model.width, channel_mult=tuple(config.model.channel_mult),
-                      num_res_blocks=config.model.num_res_blocks,
-                      attn_resolutions=tuple(config.model.attn_resolutions),
-                      dropout=config.model.dropout, num_heads=config.model.num_heads),
+        backbone=model_kwargs(config.model),
         num_classes=info.num_classes or 0, dtype=DTYPES[config.dtype],
         zero_heads=tuple(t.residual or t.objective == "bridge" for t in task_list),
+        backbone_kind=config.model.get("backbone", "unet"),
+        head_depth=config.model.get("head_depth", 0),
     )
     transfer.check_config(config)
     optimizer, lr_fn = build_optimizer(config)

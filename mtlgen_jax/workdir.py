@@ -48,7 +48,7 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, *, has_checkpoint: 
     new = json.loads(config.to_json())  # same types as the saved file (tuples -> lists)
     if has_checkpoint and os.path.exists(path):
         with open(path) as f:
-            old = json.load(f)
+            old = with_added_keys(json.load(f))  # keys added since: their old behaviour
         changed = [k for k in SHAPE_KEYS if _get(old, k) != _get(new, k)]
         if changed:
             diffs = "; ".join(f"{k}: {_get(old, k)!r} -> {_get(new, k)!r}" for k in changed)
@@ -84,6 +84,15 @@ ADDED_KEYS = {
     "resume_step": None,
     "init_from": "",
     "init_from_freeze": "",
+    # The transformer backbone (model.backbone='vit'): runs before it are U-Nets with
+    # one-layer heads. The vit-only keys take configs/default.py's values, so an old
+    # run's model section equals the default config's when a resume compares them.
+    "model.backbone": "unet",
+    "model.head_depth": 0,
+    "model.patch_size": 2,
+    "model.depth": 6,
+    "model.mlp_ratio": 4.0,
+    "model.attention_impl": None,
 }
 
 

@@ -80,3 +80,41 @@ def test_unet_level_count_vs_image_size():
     check_model_config(cfg, 32)
     with pytest.raises(ValueError, match="divisible by 8"):
         check_model_config(cfg, 20)
+
+
+def test_unet_parameter_tree_is_unchanged_by_the_backbone_option():
+    """configs/default.py's U-Net (backbone 'unet', head_depth 0): the parameter count and
+    head layout of checkpoints written before the transformer backbone existed."""
+    from configs import default
+    from mtlgen_jax import components
+    from mtlgen_jax.data import DatasetInfo
+
+    cfg = default.get_config()
+    assert cfg.model.backbone == "unet" and cfg.model.head_depth == 0
+    info = DatasetInfo(name="synthetic", num_classes=None, channels=3, image_size=32,
+                       num_train=64, num_test=8, train_split="train", test_split="test")
+    comp = components.build(cfg, info)
+    shapes = jax.eval_shape(lambda: components.init_params(comp.model, info, jax.random.key(0)))
+    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) == 1_118_476
+    assert len(jax.tree.leaves(shapes)) == 197
+    assert jax.tree.map(lambda x: x.shape, shapes["head_denoise"]) == {
+        "GroupNorm_0": {"scale": (32,), "bias": (32,)},
+        "Conv_0": {"kernel": (3, 3, 32, 3), "bias": (3,)}}
+
+
+def test_deeper_unet_head_starts_as_the_one_layer_head(model_and_params):
+    """head_depth adds zero-initialised residual layers before the same output layer."""
+    model, params = model_and_params
+    deep = MultiTaskModel(tasks=TASKS, out_channels=3, num_classes=10, head_depth=2,
+                          backbone=dict(width=8, channel_mult=(1, 2), num_res_blocks=1,
+                                        attn_resolutions=(8,), num_heads=2))
+    x, cond, t, task_id, label = inputs()
+    p2 = jax.jit(deep.init)(jax.random.key(5), x, cond, t, task_id, label)["params"]
+    assert set(p2["head_inpaint"]) == {"hidden_0", "hidden_1", "GroupNorm_0", "Conv_0"}
+    p2 = dict(p2, backbone=params["backbone"])
+    for task in TASKS:
+        p2[f"head_{task}"] = dict(p2[f"head_{task}"], GroupNorm_0=params[f"head_{task}"][
+            "GroupNorm_0"], Conv_0=params[f"head_{task}"]["Conv_0"])
+    np.testing.assert_allclose(jax.jit(deep.apply)({"params": p2}, x, cond, t, task_id, label),
+                               jax.jit(model.apply)({"params": params}, x, cond, t, task_id,
+                                                    label), atol=1e-6)
