@@ -75,13 +75,16 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.tasks = ml_collections.ConfigDict()
     c.tasks.names = "denoise,inpaint,super_resolve,colorize"
     # objective: 'diffusion' | 'regression' | 'bridge'; residual: predict relative to the
-    # task's baseline (see mtlgen_jax/objectives.py).
+    # task's baseline (see mtlgen_jax/objectives.py); consistent: project every estimate
+    # onto the images the condition allows (known pixels, low-resolution block means,
+    # luminance; see Task.project), also inside the loss.
     c.tasks.denoise = dict(weight=1.0, objective="bridge", residual=False, sigma_min=0.1,
                            sigma_max=0.4)
-    c.tasks.inpaint = dict(weight=1.0, objective="regression", residual=True,
+    c.tasks.inpaint = dict(weight=1.0, objective="regression", residual=True, consistent=True,
                            mask_kinds="box,stroke,half")
-    c.tasks.super_resolve = dict(weight=1.0, objective="regression", residual=True, factor=2)
-    c.tasks.colorize = dict(weight=1.0, objective="bridge", residual=False)
+    c.tasks.super_resolve = dict(weight=1.0, objective="regression", residual=True,
+                                 consistent=True, factor=2)
+    c.tasks.colorize = dict(weight=1.0, objective="bridge", residual=False, consistent=True)
     c.tasks.generate = dict(weight=1.0, objective="diffusion", label_dropout=0.1)
 
     c.diffusion = ml_collections.ConfigDict()

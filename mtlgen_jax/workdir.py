@@ -81,6 +81,10 @@ ADDED_KEYS = {
     "tasks.inpaint.residual": False,
     "tasks.super_resolve.residual": False,
     "tasks.colorize.residual": False,
+    # None: each task's consistent_default, what it did before the option existed.
+    "tasks.inpaint.consistent": None,
+    "tasks.super_resolve.consistent": None,
+    "tasks.colorize.consistent": None,
     "resume_step": None,
     "init_from": "",
     "init_from_freeze": "",

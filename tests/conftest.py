@@ -1,12 +1,26 @@
 """Shared pytest setup: CPU only, quiet TensorFlow, fast XLA compiles."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Subprocess runs split the 2 test cores into devices and several run at once: a starved
 # device thread must not trip XLA's 40 s collective rendezvous timeout.
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_collective_call_terminate_timeout_seconds=120")
+
+# One persistent compilation cache for the whole session, this process and every
+# subprocess a test launches (they inherit os.environ): the tiny models of the suite
+# compile the same programs over and over (each Trainer jits afresh, each subprocess
+# run starts cold), and a cache hit is what a recompile then costs.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="mtlgen_test_jax_cache_")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache,
+                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 import jax  # noqa: E402
 

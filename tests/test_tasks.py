@@ -264,7 +264,7 @@ def test_classical_methods_beat_the_trivial_baselines_on_smooth_images():
 def test_project_is_the_orthogonal_projection_onto_consistent_images(name, params):
     """The clean image is fixed; P(P(y)) = P(y); P(y) satisfies the condition; and
     y - P(y) is orthogonal to P(y) - x (x in the affine set: P is the nearest point)."""
-    t = make(name, **params)
+    t = make(name, consistent=True, **params)
     x = images(b=4, seed=1)
     cond = t.degrade(x, jax.random.key(2))
     y = images(b=4, seed=3)
@@ -285,15 +285,16 @@ def test_project_is_the_orthogonal_projection_onto_consistent_images(name, param
 
 def test_super_resolve_condition_is_a_consistent_back_projection():
     x = smooth_images()
-    t = make("super_resolve", factor=2)
+    t = make("super_resolve", factor=2, consistent=True)
     cond = t.degrade(x, jax.random.key(0))
     np.testing.assert_allclose(downsample(cond.image, 2), downsample(x, 2), atol=1e-6)
     np.testing.assert_allclose(t.start(cond), cond.image)
     bicubic = t.baseline(cond)
     gain = metrics_lib.masked_psnr(cond.image, x, None) - metrics_lib.masked_psnr(bicubic, x, None)
     assert np.all(np.asarray(gain) > 0.0), gain
-    # consistent=False: the condition of runs made before, the plain bicubic upsampling.
-    old = make("super_resolve", factor=2, consistent=False)
+    # consistent unset (runs made before the option): the plain bicubic upsampling.
+    old = make("super_resolve", factor=2)
+    assert not old.consistent and make("inpaint").consistent
     cond_old = old.degrade(x, jax.random.key(0))
     np.testing.assert_allclose(cond_old.image, bicubic, atol=1e-6)
     np.testing.assert_array_equal(old.postprocess(cond.image, cond_old), cond.image)

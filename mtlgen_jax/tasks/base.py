@@ -51,7 +51,9 @@ class Task:
         each factor x factor block's mean equal to its low-resolution pixel;
         colorization: the luminance equal to the gray input) is applied to each
         estimate while sampling and inside the training loss, so the network is
-        scored only on what the condition does not already determine.
+        scored only on what the condition does not already determine. Unset: the
+        task's ``consistent_default`` (what runs made before the option did: inpainting
+        pasted its known pixels, nothing else projected); the shipped configs set it.
       **params: the task's own parameters (see each subclass).
     """
 
@@ -70,6 +72,8 @@ class Task:
     class_conditional: bool = False
     # A user's input is this many times smaller than the output (super-resolution).
     scale: int = 1
+    # ``consistent`` when a config does not say (see __init__).
+    consistent_default: ClassVar[bool] = False
 
     @property
     def input_channels(self) -> tuple[int, ...]:
@@ -87,7 +91,7 @@ class Task:
         loss: str = "l2",
         residual: bool = False,
         bridge_noise: float = 0.2,
-        consistent: bool = True,
+        consistent: bool | None = None,
         **params: Any,
     ):
         if weight <= 0:
@@ -112,7 +116,7 @@ class Task:
         if not bridge_noise >= 0:
             raise ValueError(f"tasks.{self.name}.bridge_noise={bridge_noise} must be >= 0.")
         self.residual = bool(residual)
-        self.consistent = bool(consistent)
+        self.consistent = bool(self.consistent_default if consistent is None else consistent)
         self.bridge_noise = float(bridge_noise)
         self.channels = channels
         self.image_size = image_size

@@ -102,6 +102,7 @@ class Inpaint(Task):
     name = "inpaint"
     ill_posed = True
     takes_mask = True
+    consistent_default = True  # the known pixels were always pasted back
 
     def configure(self, *, mask_kinds: str = "box,stroke,half") -> None:
         kinds = tuple(k.strip() for k in mask_kinds.split(",") if k.strip())

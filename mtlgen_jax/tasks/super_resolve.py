@@ -107,7 +107,8 @@ class SuperResolve(Task):
         return cond.image
 
     def project(self, x0: jax.Array, cond: Condition) -> jax.Array:
-        """Each factor x factor block shifted to the low-resolution pixel's value."""
+        """Each factor x factor block shifted to the low-resolution pixel's value (of a
+        consistent condition; ``postprocess`` and the loss call it only then)."""
         return block_correction(x0, self.low_resolution(cond), self.factor)
 
     def classical(self, cond: Condition, info) -> np.ndarray:
