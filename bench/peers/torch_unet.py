@@ -298,10 +298,17 @@ def mixture_counts(k: int, batch: int) -> list[int]:
 class TorchStep:
     """Model + AdamW + EMA and one multi-task train step (equal weighting).
 
+    The model is ``model_cls(num_tasks=, channels=, image_size=, num_classes=, **model_kw)``
+    (this module's U-Net :class:`MultiTaskModel`, or ``bench.peers.torch_dit``'s DiT one):
+    any module with that constructor and ``forward(x_t, cond_image, cond_mask, t, task_id,
+    label)`` -> [B, C, H, W] shares this step.
+
     Args:
       task_names: tasks in task-id order.
       batch, channels, image_size: batch shape.
-      model_kw: the backbone's width, channel_mult, num_res_blocks, attn_resolutions, num_heads.
+      model_kw: the backbone's keyword arguments (U-Net: width, channel_mult,
+        num_res_blocks, attn_resolutions, num_heads).
+      model_cls: the multi-task model's class.
       lr, betas, weight_decay, grad_clip, ema_decay: the optimizer's settings.
       channels_last: use channels-last memory format for the model and its inputs.
       compile: wrap the forward + loss in ``torch.compile`` (degrade and optimizer stay eager).
@@ -311,7 +318,7 @@ class TorchStep:
                  model_kw: dict, num_classes: int = 0, lr: float = 2e-3,
                  betas=(0.9, 0.99), weight_decay: float = 0.0, grad_clip: float = 1.0,
                  ema_decay: float = 0.995, prediction: str = "eps", channels_last: bool = False,
-                 compile: bool = False):
+                 compile: bool = False, model_cls: type[nn.Module] | None = None):
         if prediction not in ("eps", "v", "x0"):
             raise ValueError(f"prediction={prediction!r}: use eps, v or x0")
         self.prediction = prediction
@@ -319,8 +326,9 @@ class TorchStep:
         self.batch, self.k = batch, len(self.names)
         self.grad_clip, self.ema_decay = grad_clip, ema_decay
         self.num_classes = num_classes
-        self.model = MultiTaskModel(num_tasks=self.k, channels=channels, image_size=image_size,
-                                    num_classes=num_classes, **model_kw)
+        self.model = (model_cls or MultiTaskModel)(num_tasks=self.k, channels=channels,
+                                                   image_size=image_size,
+                                                   num_classes=num_classes, **model_kw)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -385,18 +393,23 @@ class TorchStep:
         return losses.detach()
 
 
+def step_kwargs(config, *, channels: int = 3, num_classes: int = 0) -> dict:
+    """:class:`TorchStep`'s arguments from ``config``, all but the model's."""
+    names = [n.strip() for n in str(config.tasks.names).split(",") if n.strip()]
+    return dict(task_names=names, batch=config.batch_size, channels=channels,
+                image_size=config.dataset.image_size, num_classes=num_classes,
+                lr=config.learning_rate, betas=(config.adam_b1, config.adam_b2),
+                weight_decay=config.weight_decay, grad_clip=config.grad_clip,
+                ema_decay=config.ema_decay, prediction=config.diffusion.prediction)
+
+
 def from_config(config, *, channels: int = 3, num_classes: int = 0, channels_last: bool = False,
                 compile: bool = False) -> TorchStep:
     """The peer of ``config`` (an ``ml_collections`` config of this project)."""
-    names = [n.strip() for n in str(config.tasks.names).split(",") if n.strip()]
     m = config.model
     return TorchStep(
-        task_names=names, batch=config.batch_size, channels=channels,
-        image_size=config.dataset.image_size, num_classes=num_classes,
+        **step_kwargs(config, channels=channels, num_classes=num_classes),
         model_kw=dict(width=m.width, channel_mult=tuple(m.channel_mult),
                       num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
                       num_heads=m.num_heads),
-        lr=config.learning_rate, betas=(config.adam_b1, config.adam_b2),
-        weight_decay=config.weight_decay, grad_clip=config.grad_clip,
-        ema_decay=config.ema_decay, prediction=config.diffusion.prediction,
         channels_last=channels_last, compile=compile)
