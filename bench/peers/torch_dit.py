@@ -116,9 +116,9 @@ class DiTBlock(nn.Module):
 class DiT(nn.Module):
     """Mirror of ``mtlgen_jax.models.vit.DiT``: [B, C_in, H, W] -> tokens [B, T, D]."""
 
-    def __init__(self, *, in_channels: int, width: int, depth: int, num_heads: int,
-                 patch_size: int, mlp_ratio: float, num_tasks: int, num_classes: int,
-                 dropout: float = 0.0):
+    def __init__(self, *, in_channels: int, image_size: int, width: int, depth: int,
+                 num_heads: int, patch_size: int, mlp_ratio: float, num_tasks: int,
+                 num_classes: int, dropout: float = 0.0):
         super().__init__()
         self.width, self.num_classes = width, num_classes
         self.time_embed = nn.Sequential(nn.Linear(width, width), nn.SiLU(),
@@ -130,12 +130,10 @@ class DiT(nn.Module):
                                     for _ in range(depth))
         self.final_modulation = _zero_linear(width, 2 * width)
         self.norm = nn.LayerNorm(width, eps=LN_EPS, elementwise_affine=False)
-        self._pos: dict[tuple[int, int], torch.Tensor] = {}
-
-    def positions(self, gh: int, gw: int) -> torch.Tensor:
-        if (gh, gw) not in self._pos:  # a constant, as in JAX (not a parameter)
-            self._pos[gh, gw] = sincos_2d(gh, gw, self.width)
-        return self._pos[gh, gw]
+        grid = image_size // patch_size
+        # A constant, as in JAX (not a parameter); built here, not on the first call, so
+        # torch.compile sees no state change between calls (no recompile).
+        self.register_buffer("pos", sincos_2d(grid, grid, width), persistent=False)
 
     def forward(self, x, t, task_id, label=None):
         c = self.time_embed(timestep_embedding(t, self.width)) + self.task_embed(task_id)
@@ -145,7 +143,7 @@ class DiT(nn.Module):
             c = c + self.class_embed(label)
         h = self.patch_embed(x)  # [B, D, H/p, W/p]
         gh, gw = h.shape[2:]
-        tokens = h.flatten(2).transpose(1, 2) + self.positions(gh, gw)[None]  # row-major grid
+        tokens = h.flatten(2).transpose(1, 2) + self.pos[None]  # row-major grid
         for block in self.blocks:
             tokens = block(tokens, c)
         shift, scale = self.final_modulation(F.silu(c)).chunk(2, dim=-1)
@@ -196,9 +194,10 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image size {image_size} is not divisible by patch {patch_size}")
-        self.backbone = DiT(in_channels=2 * channels + 1, width=width, depth=depth,
-                            num_heads=num_heads, patch_size=patch_size, mlp_ratio=mlp_ratio,
-                            num_tasks=num_tasks, num_classes=num_classes, dropout=dropout)
+        self.backbone = DiT(in_channels=2 * channels + 1, image_size=image_size, width=width,
+                            depth=depth, num_heads=num_heads, patch_size=patch_size,
+                            mlp_ratio=mlp_ratio, num_tasks=num_tasks, num_classes=num_classes,
+                            dropout=dropout)
         self.heads = nn.ModuleList(TokenHead(width, channels, patch_size, head_depth, mlp_ratio)
                                    for _ in range(num_tasks))
 
