@@ -96,7 +96,7 @@ def test_photo_patches_builder_splits_by_photograph(data_dir):
     builder = data.MtlgenPhotoPatches(data_dir=str(data_dir))
     assert "label" not in builder.info.features
     train, test = read_split(builder, "train"), read_split(builder, "test")
-    assert (len(train["image"]), len(test["image"])) == (8064, 1056)
+    assert (len(train["image"]), len(test["image"])) == (12096, 1056)
     names = builder.info.features["photo"].names
     train_photos = {names[i] for i in np.unique(train["photo"])}
     test_photos = {names[i] for i in np.unique(test["photo"])}
@@ -123,7 +123,8 @@ def test_get_info(data_dir):
     info = data.get_info(make_config("digits", data_dir, image_size=32))
     assert info == data.DatasetInfo("digits", 10, 1, 32, 1438, 359, "train", "test")
     info = data.get_info(make_config("photo_patches", data_dir, channels=1))
-    assert (info.num_classes, info.channels, info.num_train, info.num_test) == (None, 1, 8064, 1056)
+    assert (info.num_classes, info.channels, info.num_train, info.num_test) == (None, 1, 12096,
+                                                                                1056)
 
 
 # ----------------------------------------------------------------- pipeline

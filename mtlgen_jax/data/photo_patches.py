@@ -1,17 +1,20 @@
-"""`photo_patches`: RGB crops of scikit-image's bundled colour photographs.
+"""`photo_patches`: RGB crops of the colour photographs scikit-image and scikit-learn ship.
 
 A small natural-image dataset that needs no network: deterministic 32x32 RGB
-crops of the photographs that scikit-image ships in its wheel. Each
+crops of the photographs that scikit-image and scikit-learn ship in their wheels. Each
 photograph is first downsampled (PIL Lanczos) so that its short side is 80,
 144 or 256 pixels, so a crop holds a part of the scene (an eye, a window, a
 galaxy) rather than flat texture; crops whose pixel standard deviation is
 below 3 (flat background) are redrawn.
 
 **Split by photograph**: `test` crops come only from `chelsea` (the cat) and
-`coffee` (the cup); `train` crops come from the six other photographs
+`coffee` (the cup); `train` crops come from the nine other photographs
 (`astronaut`, `rocket`, `hubble_deep_field`, `immunohistochemistry`,
-`retina`, `colorwheel`). No test photograph is ever seen in training.
-Sizes: 6 photos x 3 scales x 448 = 8,064 train crops; 2 x 3 x 176 = 1,056
+`retina`, `colorwheel`; since 1.1.0 also scikit-image's `motorcycle` (the left
+view of its stereo pair) and scikit-learn's `china` and `flower`, natural scenes
+like the test photographs, where four of the first six are not). No test
+photograph is ever seen in training, and the test crops are those of 1.0.0.
+Sizes: 9 photos x 3 scales x 448 = 12,096 train crops; 2 x 3 x 176 = 1,056
 test crops.
 
 Features: `image` uint8 [32, 32, 3]; `photo` (ClassLabel over the eight
@@ -40,21 +43,34 @@ TRAIN_PHOTOS = (
     "immunohistochemistry",
     "retina",
     "colorwheel",
+    "motorcycle",  # added in 1.1.0, as the two below
+    "china",
+    "flower",
 )
 TEST_PHOTOS = ("chelsea", "coffee")
-PHOTOS = TRAIN_PHOTOS + TEST_PHOTOS
+# The order fixes each photo's label and random stream: new photos go at the end.
+PHOTOS = TRAIN_PHOTOS[:6] + TEST_PHOTOS + TRAIN_PHOTOS[6:]
 CROPS_PER_SCALE = {"train": 448, "test": 176}
 MIN_STD = 3.0  # crops flatter than this (uint8 units) are redrawn
 SEED = 0
 
 
 def load_photo(name: str) -> np.ndarray:
-    """One of scikit-image's bundled RGB photographs, uint8 [H, W, 3]."""
+    """One of the bundled RGB photographs, uint8 [H, W, 3]: ``skimage.data.<name>()``,
+    the left view of ``skimage.data.stereo_motorcycle()``, or scikit-learn's
+    ``load_sample_image('<name>.jpg')`` (china, flower)."""
     import skimage.data  # Lazy: only needed while preparing.
 
-    image = np.asarray(getattr(skimage.data, name)())
+    if name == "motorcycle":
+        image = np.asarray(skimage.data.stereo_motorcycle()[0])
+    elif name in ("china", "flower"):
+        from sklearn.datasets import load_sample_image
+
+        image = np.asarray(load_sample_image(f"{name}.jpg"))
+    else:
+        image = np.asarray(getattr(skimage.data, name)())
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"skimage.data.{name}() is not uint8 RGB: {image.shape} {image.dtype}")
+        raise ValueError(f"photo {name!r} is not uint8 RGB: {image.shape} {image.dtype}")
     return image
 
 
@@ -102,8 +118,10 @@ def split_crops(split: str):
 class MtlgenPhotoPatches(tfds.core.GeneratorBasedBuilder):
     """32x32 RGB crops of scikit-image's photos, split by photograph (unlabelled)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.",
+                     "1.1.0": "Three more natural train photographs (motorcycle, china, "
+                              "flower); test crops unchanged."}
     # TFDS 4.9.10 finds code_path via `importlib_resources`, which it does not install
     # on Python >= 3.9 (tensorflow/datasets#11212); this file is the answer anyway.
     code_path = epath.Path(__file__)
