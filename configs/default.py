@@ -111,6 +111,16 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # (cuDNN flash attention: GPU, bfloat16, head size width/num_heads a multiple of 8 <= 128).
     c.model.attention_impl = config_dict.placeholder(str)
     c.model.head_depth = 0  # extra residual layers in each task's head (0: one output layer)
+    # Per-task capacity inside the shared backbone (mtlgen_jax/models/capacity.py), off until
+    # measured; both start as the identity, and gradient methods give each task's tables
+    # only its own gradient, outside the Gram matrix. task_film (U-Net only: the DiT's
+    # adaLN already modulates its norms per task): a per-task scale and shift after each
+    # residual block's second GroupNorm, 1,216 parameters per task here. task_lora_rank r:
+    # a per-task rank-r update of every U-Net conv (r = 4: 72,572 per task, 6.5% of the
+    # shared 1.12M) or of the DiT's attention and MLP layers (`:vit`, r = 4: 36,864 per
+    # task, 3.5% of 1.05M); 0 = off. capacity.overhead_per_task(params) counts them.
+    c.model.task_film = False
+    c.model.task_lora_rank = 0
 
     c.weighting = ml_collections.ConfigDict()
     c.weighting.name = "famo"  # see mtlgen_jax.weighting.NAMES

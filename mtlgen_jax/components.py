@@ -83,6 +83,14 @@ def check_model_config(model_cfg, image_size: int, dtype: str = "float32") -> No
     if model_cfg.get("head_depth", 0) < 0:
         raise ValueError(f"model.head_depth={model_cfg.head_depth} must be >= 0 (0: one output "
                          "layer per task).")
+    rank = model_cfg.get("task_lora_rank", 0)
+    if not isinstance(rank, int) or rank < 0:
+        raise ValueError(f"model.task_lora_rank={rank!r} must be an int >= 0 (0: no per-task "
+                         "low-rank adapters).")
+    if kind == "vit" and model_cfg.get("task_film", False):
+        raise ValueError("model.task_film applies to model.backbone='unet' only: the "
+                         "transformer's adaLN already scales and shifts every norm per task. "
+                         "Drop it (per-task capacity of the transformer: model.task_lora_rank).")
     if kind == "vit":
         _check_vit_config(model_cfg, image_size, dtype)
         return
@@ -135,13 +143,15 @@ def _check_vit_config(m, image_size: int, dtype: str) -> None:
 def model_kwargs(model_cfg) -> dict:
     """The backbone's keyword arguments (``MultiTaskModel.backbone``) from ``config.model``."""
     m = model_cfg
+    rank = m.get("task_lora_rank", 0)
     if m.get("backbone", "unet") == "vit":
         return dict(width=m.width, depth=m.depth, num_heads=m.num_heads,
                     patch_size=m.patch_size, mlp_ratio=float(m.mlp_ratio), dropout=m.dropout,
-                    attention_impl=m.attention_impl)
+                    attention_impl=m.attention_impl, task_lora_rank=rank)
     return dict(width=m.width, channel_mult=tuple(m.channel_mult),
                 num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
-                dropout=m.dropout, num_heads=m.num_heads)
+                dropout=m.dropout, num_heads=m.num_heads,
+                task_film=bool(m.get("task_film", False)), task_lora_rank=rank)
 
 
 def build_optimizer(config) -> tuple[optax.GradientTransformation, Any]:

@@ -97,6 +97,9 @@ ADDED_KEYS = {
     "model.depth": 6,
     "model.mlp_ratio": 4.0,
     "model.attention_impl": None,
+    # Per-task capacity inside the backbone: runs before it had none.
+    "model.task_film": False,
+    "model.task_lora_rank": 0,
 }
 
 

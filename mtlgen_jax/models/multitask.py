@@ -58,14 +58,18 @@ class MultiTaskModel(nn.Module):
     The backbone sees ``[x_noisy, condition.image, condition.mask]`` stacked on
     the channel axis, and is conditioned on time, task and class embeddings.
     Parameters live under ``params['backbone']`` (shared by all tasks) and
-    ``params['head_<task>']`` (one subtree per task).
+    ``params['head_<task>']`` (one subtree per task). The backbone's optional per-task
+    tables (``task_film``, ``task_lora_rank`` in ``backbone``; ``capacity.py``) sit inside
+    ``params['backbone']`` in ``per_task_*`` subtrees, with the task id as leading axis;
+    ``capacity.partition`` separates them from the shared parameters.
 
     Attributes:
       tasks: task names, in task-id order.
       out_channels: image channels C.
       backbone: keyword arguments of the backbone: :class:`UNet` (width,
-        channel_mult, ...) or :class:`~mtlgen_jax.models.vit.DiT` (width, depth,
-        num_heads, patch_size, ...).
+        channel_mult, ..., task_film, task_lora_rank) or
+        :class:`~mtlgen_jax.models.vit.DiT` (width, depth, num_heads, patch_size, ...,
+        task_lora_rank).
       num_classes: class labels of the dataset (0 if unlabeled).
       dtype: computation dtype.
       zero_heads: per task, whether its head's output layer starts at zero.
@@ -122,7 +126,8 @@ class MultiTaskModel(nn.Module):
         """The shared representation: the backbone's output, spatial in both cases.
 
         U-Net: feature maps [B, H, W, width]; vit: the token grid [B, H/p, W/p, width].
-        Only ``params['backbone']`` is used (``method='features'`` in ``apply``).
+        Only ``params['backbone']`` is used (``method='features'`` in ``apply``), its
+        per-task tables included (each example uses its own task's rows).
         """
         x = jnp.concatenate([x_noisy, condition.image, condition.mask], axis=-1)
         return self.unet(x, t, task_id, label, train=train)

@@ -8,6 +8,7 @@ those features into each task's output.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from mtlgen_jax.models import capacity
 
 Dtype = Any
 
@@ -46,25 +49,36 @@ def _groups(channels: int, preferred: int = 32) -> int:
 
 
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-Conv residual block with an additive embedding bias."""
+    """GroupNorm-SiLU-Conv residual block with an additive embedding bias.
+
+    Per-task capacity (``capacity.py``, off by default): ``task_film`` scales and
+    shifts the second GroupNorm's output per task; ``lora_rank`` > 0 adds a per-task
+    low-rank update to every conv of the block.
+    """
 
     out_channels: int
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
+    num_tasks: int = 1
+    task_film: bool = False
+    lora_rank: int = 0
 
     @nn.compact
-    def __call__(self, x: jax.Array, emb: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, emb: jax.Array, task_id: jax.Array | None = None, *,
+                 train: bool) -> jax.Array:
+        conv = functools.partial(capacity.conv, task_id=task_id, num_tasks=self.num_tasks,
+                                 lora_rank=self.lora_rank, dtype=self.dtype)
         h = nn.GroupNorm(_groups(x.shape[-1]), dtype=self.dtype)(x)
-        h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype)(nn.silu(h))
+        h = conv(nn.silu(h), self.out_channels, (3, 3))
         h = h + nn.Dense(self.out_channels, dtype=self.dtype)(nn.silu(emb))[:, None, None, :]
         h = nn.GroupNorm(_groups(self.out_channels), dtype=self.dtype)(h)
+        if self.task_film:
+            h = capacity.TaskFiLM(self.num_tasks, name=f"{capacity.PREFIX}film")(h, task_id)
         h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
         # Zero-init the last conv so every block starts as the identity (as in DDPM/ADM).
-        h = nn.Conv(
-            self.out_channels, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros
-        )(h)
+        h = conv(h, self.out_channels, (3, 3), kernel_init=nn.initializers.zeros)
         if x.shape[-1] != self.out_channels:
-            x = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype)(x)
+            x = conv(x, self.out_channels, (1, 1))
         return x + h
 
 
@@ -72,6 +86,8 @@ class AttentionBlock(nn.Module):
     """Multi-head self-attention over the spatial positions, with a residual."""
 
     num_heads: int = 4
+    task_film: bool = False
+    task_lora_rank: int = 0
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -102,6 +118,10 @@ class UNet(nn.Module):
         is the "no label" token (unconditional / classifier-free guidance).
       dropout: dropout rate inside residual blocks.
       num_heads: attention heads.
+      task_film: a per-task scale and shift after each residual block's second
+        GroupNorm (``capacity.TaskFiLM``; zero tables: the identity at init).
+      task_lora_rank: r > 0 adds a per-task rank-r update to every convolution
+        (``capacity.TaskLoRAConv``; zero B: the identity at init); 0 = off.
       dtype: computation dtype (parameters stay float32).
     """
 
@@ -113,6 +133,8 @@ class UNet(nn.Module):
     num_classes: int = 0
     dropout: float = 0.0
     num_heads: int = 4
+    task_film: bool = False
+    task_lora_rank: int = 0
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -137,31 +159,36 @@ class UNet(nn.Module):
                 emb.dtype
             )
 
-        h = nn.Conv(self.width, (3, 3), dtype=self.dtype)(x.astype(self.dtype))
+        conv = functools.partial(capacity.conv, task_id=task_id, num_tasks=self.num_tasks,
+                                 lora_rank=self.task_lora_rank, dtype=self.dtype)
+        block = functools.partial(ResBlock, dropout=self.dropout, dtype=self.dtype,
+                                  num_tasks=self.num_tasks, task_film=self.task_film,
+                                  lora_rank=self.task_lora_rank)
+        h = conv(x.astype(self.dtype), self.width, (3, 3))
         skips = [h]
         for level, mult in enumerate(self.channel_mult):
             for _ in range(self.num_res_blocks):
-                h = ResBlock(self.width * mult, self.dropout, self.dtype)(h, emb, train=train)
+                h = block(self.width * mult)(h, emb, task_id, train=train)
                 if h.shape[1] in self.attn_resolutions:
                     h = AttentionBlock(self.num_heads, self.dtype)(h)
                 skips.append(h)
             if level != len(self.channel_mult) - 1:
-                h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), dtype=self.dtype)(h)
+                h = conv(h, h.shape[-1], (3, 3), strides=(2, 2))
                 skips.append(h)
 
-        h = ResBlock(h.shape[-1], self.dropout, self.dtype)(h, emb, train=train)
+        h = block(h.shape[-1])(h, emb, task_id, train=train)
         h = AttentionBlock(self.num_heads, self.dtype)(h)
-        h = ResBlock(h.shape[-1], self.dropout, self.dtype)(h, emb, train=train)
+        h = block(h.shape[-1])(h, emb, task_id, train=train)
 
         for level, mult in reversed(list(enumerate(self.channel_mult))):
             for _ in range(self.num_res_blocks + 1):
                 h = jnp.concatenate([h, skips.pop()], axis=-1)
-                h = ResBlock(self.width * mult, self.dropout, self.dtype)(h, emb, train=train)
+                h = block(self.width * mult)(h, emb, task_id, train=train)
                 if h.shape[1] in self.attn_resolutions:
                     h = AttentionBlock(self.num_heads, self.dtype)(h)
             if level != 0:
                 b, hh, ww, c = h.shape
                 h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), method="nearest")
-                h = nn.Conv(c, (3, 3), dtype=self.dtype)(h)
+                h = conv(h, c, (3, 3))
         assert not skips, "every skip connection must be consumed"
         return nn.silu(nn.GroupNorm(_groups(h.shape[-1]), dtype=self.dtype)(h))

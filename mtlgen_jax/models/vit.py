@@ -22,7 +22,9 @@ U-ViT's long skips.
   task, a FiLM-style per-task modulation of the shared weights, the main per-task
   capacity of the shared backbone (besides each task's own head). The final
   LayerNorm is modulated by ``c`` too (DiT's final layer), so the representation
-  the heads read is already task-aware.
+  the heads read is already task-aware. More per-task capacity, off by default:
+  ``model.task_lora_rank`` adds a per-task low-rank update to the attention and MLP
+  layers of every block (``capacity.py``; zero at init, so adaLN-Zero's identity holds).
 * **Identity at initialisation.** adaLN-Zero initialises every modulation layer
   to zero: shift = scale = gate = 0, so every block is the identity and the
   backbone's output is the normalised patch embedding. This is the same
@@ -54,6 +56,7 @@ the heads return float32.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -62,6 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from mtlgen_jax.models import capacity
 from mtlgen_jax.models.unet import timestep_embedding
 
 Dtype = Any
@@ -109,37 +113,52 @@ def _resolve_impl(impl: str | None) -> str | None:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over tokens, through ``jax.nn.dot_product_attention``."""
+    """Multi-head self-attention over tokens, through ``jax.nn.dot_product_attention``.
+
+    ``lora_rank`` > 0: per-task low-rank updates of the qkv and output projections
+    (``capacity.TaskLoRADense``; zero at init).
+    """
 
     num_heads: int
     dtype: Dtype = jnp.float32
     attention_impl: str | None = None
+    num_tasks: int = 1
+    lora_rank: int = 0
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D] -> [B, T, D]
+    def __call__(self, x: jax.Array,
+                 task_id: jax.Array | None = None) -> jax.Array:  # [B, T, D] -> [B, T, D]
         b, t, d = x.shape
-        qkv = nn.Dense(3 * d, dtype=self.dtype, kernel_init=_dense_init, name="qkv")(x)
+        dense = functools.partial(capacity.dense, task_id=task_id, num_tasks=self.num_tasks,
+                                  lora_rank=self.lora_rank, dtype=self.dtype,
+                                  kernel_init=_dense_init)
+        qkv = dense(x, 3 * d, name="qkv")
         q, k, v = jnp.split(qkv.reshape(b, t, 3, self.num_heads, d // self.num_heads), 3, axis=2)
         out = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0],
                                            implementation=_resolve_impl(self.attention_impl))
-        return nn.Dense(d, dtype=self.dtype, kernel_init=_dense_init, name="proj")(
-            out.reshape(b, t, d))
+        return dense(out.reshape(b, t, d), d, name="proj")
 
 
 class Mlp(nn.Module):
-    """Dense - GELU - (dropout) - Dense."""
+    """Dense - GELU - (dropout) - Dense (``lora_rank`` > 0: per-task low-rank updates of
+    both, as in :class:`Attention`)."""
 
     hidden: int
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
     zero_out: bool = False  # the output layer starts at zero (a residual branch = identity)
+    num_tasks: int = 1
+    lora_rank: int = 0
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        h = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=_dense_init, name="fc1")(x)
+    def __call__(self, x: jax.Array, task_id: jax.Array | None = None, *,
+                 train: bool = False) -> jax.Array:
+        dense = functools.partial(capacity.dense, task_id=task_id, num_tasks=self.num_tasks,
+                                  lora_rank=self.lora_rank, dtype=self.dtype)
+        h = dense(x, self.hidden, name="fc1", kernel_init=_dense_init)
         h = nn.Dropout(self.dropout, deterministic=not train)(nn.gelu(h, approximate=True))
         init = nn.initializers.zeros if self.zero_out else _dense_init
-        return nn.Dense(x.shape[-1], dtype=self.dtype, kernel_init=init, name="fc2")(h)
+        return dense(h, x.shape[-1], name="fc2", kernel_init=init)
 
 
 class DiTBlock(nn.Module):
@@ -155,19 +174,24 @@ class DiTBlock(nn.Module):
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
     attention_impl: str | None = None
+    num_tasks: int = 1
+    lora_rank: int = 0  # per-task low-rank updates of the attention and MLP layers
 
     @nn.compact
-    def __call__(self, x: jax.Array, c: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, c: jax.Array, task_id: jax.Array | None = None, *,
+                 train: bool = False) -> jax.Array:
         d = x.shape[-1]
         mod = nn.Dense(6 * d, dtype=self.dtype, kernel_init=nn.initializers.zeros,
                        name="adaLN_modulation")(nn.silu(c))
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, axis=-1)
         h = _modulate(_layer_norm(self.dtype)(x), shift_a, scale_a)
         x = x + gate_a[:, None, :] * Attention(self.num_heads, self.dtype, self.attention_impl,
-                                               name="attn")(h)
+                                               self.num_tasks, self.lora_rank,
+                                               name="attn")(h, task_id)
         h = _modulate(_layer_norm(self.dtype)(x), shift_m, scale_m)
-        mlp = Mlp(int(d * self.mlp_ratio), self.dropout, self.dtype, name="mlp")
-        return x + gate_m[:, None, :] * mlp(h, train=train)
+        mlp = Mlp(int(d * self.mlp_ratio), self.dropout, self.dtype, num_tasks=self.num_tasks,
+                  lora_rank=self.lora_rank, name="mlp")
+        return x + gate_m[:, None, :] * mlp(h, task_id, train=train)
 
 
 class DiT(nn.Module):
@@ -185,6 +209,10 @@ class DiT(nn.Module):
       dropout: dropout rate inside the MLPs.
       attention_impl: ``jax.nn.dot_product_attention``'s implementation (None, 'xla',
         'cudnn').
+      task_lora_rank: r > 0 adds a per-task rank-r update to the qkv and output
+        projections and both MLP layers of every block (``capacity.TaskLoRADense``;
+        zero at init); 0 = off. (No per-task FiLM: adaLN already conditions every
+        norm on the task.)
       dtype: computation dtype (parameters stay float32).
     """
 
@@ -197,6 +225,7 @@ class DiT(nn.Module):
     num_classes: int = 0
     dropout: float = 0.0
     attention_impl: str | None = None
+    task_lora_rank: int = 0
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -230,7 +259,8 @@ class DiT(nn.Module):
         tokens = h.reshape(b, gh * gw, d) + jnp.asarray(sincos_2d(gh, gw, d), self.dtype)[None]
         for i in range(self.depth):
             tokens = DiTBlock(self.num_heads, self.mlp_ratio, self.dropout, self.dtype,
-                              self.attention_impl, name=f"block_{i}")(tokens, c, train=train)
+                              self.attention_impl, self.num_tasks, self.task_lora_rank,
+                              name=f"block_{i}")(tokens, c, task_id, train=train)
         # DiT's final layer without its linear map (that is each task's head): the last
         # LayerNorm, modulated by c (zero-initialised: a plain LayerNorm at init).
         shift, scale = jnp.split(
