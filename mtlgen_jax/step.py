@@ -20,6 +20,7 @@ import optax
 
 from mtlgen_jax import diffusion, objectives
 from mtlgen_jax.images import to_float
+from mtlgen_jax.models import capacity
 from mtlgen_jax.parallel import AXIS
 from mtlgen_jax.weighting.task_grads import gram as weighting_gram
 
@@ -206,7 +207,9 @@ def losses_and_gradients(comp: Components, params, batch, loss_fn, wstate, key):
     gives the combined gradient. Gradient strategies get the per-task gradients of
     the shared backbone (a vmapped VJP: one forward pass, K backward passes in one
     batched computation), summed over devices first; each head keeps its own
-    task's gradient. With ``grad_accum_steps`` > 1 the local batch is processed in
+    task's gradient, and so does each task's row of the backbone's per-task tables
+    (``capacity.partition``: they stay out of the Gram matrix). With
+    ``grad_accum_steps`` > 1 the local batch is processed in
     micro-batches (a ``lax.scan``): per-task gradients are accumulated exactly; a
     loss weighting first needs the whole batch's losses, so it costs one extra
     forward pass.
@@ -243,8 +246,12 @@ def losses_and_gradients(comp: Components, params, batch, loss_fn, wstate, key):
         local, task_grads = _accumulate(local_and_task_grads, micro, (zeros_k, zeros_g))
         losses = jax.lax.psum(local, AXIS)
     task_grads = jax.lax.psum(task_grads, AXIS)
-    out = comp.strategy.apply(losses, task_grads["backbone"], wstate, key)
-    grads = {name: (out.update if name == "backbone" else jax.tree.map(lambda g: g.sum(0), sub))
+    shared, per_task = capacity.partition(task_grads["backbone"])
+    out = comp.strategy.apply(losses, shared, wstate, key)
+    # Row k of a per-task table [K, ...]: task k's gradient of it (leaves [K, K, ...]).
+    own_rows = jax.tree.map(lambda g: g[jnp.arange(k), jnp.arange(k)], per_task)
+    grads = {name: (capacity.combine(out.update, own_rows) if name == "backbone"
+                    else jax.tree.map(lambda g: g.sum(0), sub))
              for name, sub in task_grads.items()}
     return losses, grads, out
 
@@ -269,6 +276,12 @@ def representation_losses_and_gradients(comp: Components, params, batch, split_f
     per-position bias on the backbone output. These are summed over micro-batches
     and devices before the Gram matrix is formed. Heads get their own task's gradient.
 
+    The backbone's per-task tables (``capacity.py``) get their own task's gradient too:
+    row k receives dL_k/d(row k) through the backbone, unweighted, as head k does. Only
+    task k's examples use row k, so that is the rows' part of the backbone's VJP of the
+    unweighted ``dz`` -- a second VJP (the forward pass is shared), made only when the
+    model has per-task tables.
+
     Args:
       split_fn: ``(microbatch, i) -> (features_fn, head_loss_fn)`` (see
         ``split_task_losses``).
@@ -276,6 +289,7 @@ def representation_losses_and_gradients(comp: Components, params, batch, split_f
     k, n = len(comp.tasks), comp.grad_accum_steps
     backbone = params["backbone"]
     heads = {name: sub for name, sub in params.items() if name != "backbone"}
+    has_per_task = bool(capacity.partition(backbone)[1])
 
     def rep_pass(i, mb):
         features_fn, head_loss_fn = split_fn(mb, i)
@@ -287,21 +301,23 @@ def representation_losses_and_gradients(comp: Components, params, batch, split_f
         dz, head_grads = head_vjp(jnp.ones_like(local))  # dz [B, H, W, F]
         onehot = jax.nn.one_hot(mb["task_id"], k, dtype=jnp.float32)  # [B, K]
         pooled = jnp.einsum("bk,bhwf->khwf", onehot, dz.astype(jnp.float32))
-        return local, pooled, head_grads, backbone_vjp, dz, onehot
+        # The per-task tables' own-task gradients (sum_k dL_k/d(row k)); {} without tables.
+        own = capacity.partition(backbone_vjp(dz)[0])[1] if has_per_task else {}
+        return local, pooled, (head_grads, own), backbone_vjp, dz, onehot
 
     if n == 1:
-        local, pooled, head_grads, backbone_vjp, dz, onehot = rep_pass(0, batch)
+        local, pooled, (head_grads, own), backbone_vjp, dz, onehot = rep_pass(0, batch)
     else:
         micro = _micro(batch, n)
 
         def summed(i, mb):
-            local, pooled, head_grads, *_ = rep_pass(i, mb)
-            return local, pooled, head_grads
+            local, pooled, grads, *_ = rep_pass(i, mb)
+            return local, pooled, grads
 
         first = jax.tree.map(lambda x: x[0], micro)
         init = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
                             jax.eval_shape(summed, 0, first))
-        local, pooled, head_grads = _accumulate(summed, micro, init)
+        local, pooled, (head_grads, own) = _accumulate(summed, micro, init)
     losses = jax.lax.psum(local, AXIS)
     pooled = jax.lax.psum(pooled, AXIS)
     out = comp.strategy.apply_gram(weighting_gram(pooled), losses, wstate, key)
@@ -315,6 +331,8 @@ def representation_losses_and_gradients(comp: Components, params, batch, split_f
             return jax.grad(lambda pb: jnp.dot(w, head_loss_fn(features_fn(pb), heads)))(backbone)
 
         backbone_grads = _accumulate(weighted, micro, jax.tree.map(jnp.zeros_like, backbone))
+    # The shared parameters: the weighted gradient; the per-task tables: their own task's.
+    backbone_grads = capacity.combine(capacity.partition(backbone_grads)[0], own)
     grads = jax.lax.psum(dict(head_grads, backbone=backbone_grads), AXIS)
     return losses, grads, out
 
