@@ -4,10 +4,15 @@ A new run (a new task, a new mixture) starts from the EMA parameters of a traine
 run instead of a random initialisation: the shared backbone, and the heads of the
 tasks both runs have; the backbone's task-embedding table is copied row by row for
 those tasks (a row is a task's identity in the backbone), and the new tasks' heads and
-rows stay freshly initialised. ``init_from_freeze='backbone'`` keeps the whole backbone
-fixed (its updates are zeroed, so it stays bitwise equal to the source's; a new task's
-embedding row keeps its random initial value, a fixed code for the task) and trains
-only the heads -- a probe of the source's features, in the transfer literature's terms.
+rows stay freshly initialised. The backbone's per-task tables (``model.task_film``,
+``model.task_lora_rank``; ``models/capacity.py``) are copied the same way, row by row;
+a source without them (an older run, or one with the options off) leaves them at their
+initial value, the identity, so the new run starts as the source's function.
+``init_from_freeze='backbone'`` keeps the shared backbone fixed (its updates are
+zeroed, so it stays bitwise equal to the source's; a new task's embedding row keeps its
+random initial value, a fixed code for the task) and trains the heads and the per-task
+tables -- a probe of the source's features, in the transfer literature's terms (with
+adapters: LoRA fine-tuning of a frozen backbone).
 The optimizer state's layout depends on the setting: resume a run with the
 ``init_from_freeze`` it was started with.
 
@@ -22,6 +27,8 @@ from typing import Any
 import jax
 import numpy as np
 import optax
+
+from mtlgen_jax.models import capacity
 
 TASK_EMBED = ("backbone", "task_embed", "embedding")  # [num_tasks, D] rows by task id
 FREEZE = ("", "backbone")
@@ -67,8 +74,9 @@ def merge(fresh: Any, source: Any, *, tasks: tuple[str, ...],
       (params, report): report['copied'], ['fresh'] list the parameter paths.
 
     Raises:
-      ValueError: a backbone parameter (or a shared task's head parameter) missing from
-        the source or of another shape, naming the parameter and both shapes.
+      ValueError: a shared backbone parameter (or a shared task's head parameter)
+        missing from the source, or a parameter of another shape, naming the parameter
+        and both shapes.
     """
     src = {_path(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(source)[0]}
     report = {"copied": [], "fresh": []}
@@ -77,14 +85,15 @@ def merge(fresh: Any, source: Any, *, tasks: tuple[str, ...],
         path = _path(keys)
         name = "/".join(path)
         head = path[0][len("head_"):] if path[0].startswith("head_") else None
-        if head is not None and head not in source_tasks:
+        per_task = capacity.is_per_task(path)
+        if (head is not None and head not in source_tasks) or (per_task and path not in src):
             report["fresh"].append(name)
             return value
         if path not in src:
             raise ValueError(f"init_from: the source run has no parameter {name}; its model "
                              "differs (model.* must match the source run's).")
         old = src[path]
-        if path == TASK_EMBED and old.shape[1:] == np.shape(value)[1:]:
+        if (path == TASK_EMBED or per_task) and old.shape[1:] == np.shape(value)[1:]:
             out = np.array(value)  # rows of the tasks both runs have; new tasks' stay fresh
             for i, task in enumerate(tasks):
                 if task in source_tasks:
@@ -102,12 +111,14 @@ def merge(fresh: Any, source: Any, *, tasks: tuple[str, ...],
 
 
 def freeze(optimizer: optax.GradientTransformation, what: str) -> optax.GradientTransformation:
-    """``optimizer`` with the updates of ``what`` ('backbone') zeroed; '' = unchanged."""
+    """``optimizer`` with the updates of ``what`` ('backbone': its shared parameters, not
+    its per-task tables) zeroed; '' = unchanged."""
     if not what:
         return optimizer
 
     def frozen(params):
-        return {k: jax.tree.map(lambda _, hit=(k == what): hit, v) for k, v in params.items()}
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: _path(path)[0] == what and not capacity.is_per_task(path), params)
 
     return optax.chain(optimizer, optax.masked(optax.set_to_zero(), frozen))
 
