@@ -55,6 +55,8 @@ from mtlgen_jax import diffusion
 OBJECTIVES = ("diffusion", "regression", "bridge")
 # v-weighting of residual diffusion: 1 / max(sigma, floor)^2 (weight <= 25 near t = 0).
 RESIDUAL_SIGMA_FLOOR = 0.2
+# loss='relative': added to the start's mean squared error (a 46 dB start) before dividing.
+RELATIVE_LOSS_EPS = 1e-4
 
 
 @flax.struct.dataclass
@@ -90,19 +92,23 @@ def train_inputs(task, x0: jax.Array, cond, eps: jax.Array, t: jax.Array, *, sch
     zeros = jnp.zeros_like(x0)
     ones = jnp.ones(x0.shape[:1], jnp.float32)
     base = task.start(cond) if (task.residual or task.objective == "bridge") else None
+    weight = ones
+    if task.loss == "relative":  # per-example weight 1 / (the start's squared error)
+        start_error = diffusion.loss(base, x0, task.loss_mask(cond), kind="l2")
+        weight = 1.0 / (jax.lax.stop_gradient(start_error) + RELATIVE_LOSS_EPS)
     if task.objective == "regression":
         return TrainInputs(x_t=zeros, t=ones, target=x0,
-                           offset=zeros if base is None else base, weight=ones)
+                           offset=zeros if base is None else base, weight=weight)
     if task.objective == "bridge":
         x_t = bridge_marginal(x0, base, eps, t, task.bridge_noise)
-        return TrainInputs(x_t=x_t, t=t, target=x0, offset=x_t, weight=ones)
+        return TrainInputs(x_t=x_t, t=t, target=x0, offset=x_t, weight=weight)
     x_t = diffusion.q_sample(x0, eps, t, schedule)
     if base is None:
         return TrainInputs(x_t=x_t, t=t, target=diffusion.target(x0, eps, t, schedule, prediction),
                            offset=zeros, weight=ones)
     sigma = jnp.sqrt(jnp.maximum(schedule.one_minus_alpha_bar(t), 0.0))
     return TrainInputs(x_t=x_t, t=t, target=x0, offset=base,
-                       weight=1.0 / jnp.square(jnp.maximum(sigma, RESIDUAL_SIGMA_FLOOR)))
+                       weight=weight / jnp.square(jnp.maximum(sigma, RESIDUAL_SIGMA_FLOOR)))
 
 
 def bridge_sample(x0_fn, base: jax.Array, rng: jax.Array, *, steps: int, gamma: float,

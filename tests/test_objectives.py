@@ -141,3 +141,24 @@ def test_sharpness_of_blur_and_noise():
     np.testing.assert_allclose(metrics.sharpness(img, img), 1.0, rtol=1e-5)
     assert np.all(np.asarray(metrics.sharpness(blurred, img)) < 0.5)
     assert np.all(np.asarray(metrics.sharpness(noisy, img)) > 1.2)
+
+
+def test_relative_loss_divides_each_example_by_its_starts_error():
+    """loss='relative': weight = 1 / (start's masked MSE + eps), so a zero head scores
+    start_error / (start_error + eps) ~ 1 per example, whatever the example's difficulty;
+    refused without a start."""
+    task = make("inpaint", objective="regression", residual=True, loss="relative")
+    x = images(b=6)
+    cond = task.degrade(x, jax.random.key(3))
+    zeros = jnp.zeros_like(x)
+    ti = objectives.train_inputs(task, x, cond, zeros, jnp.ones(6), schedule=SCHEDULE,
+                                 prediction="v")
+    mask = task.loss_mask(cond)
+    start_error = diffusion.loss(task.start(cond), x, mask)
+    np.testing.assert_allclose(ti.weight, 1 / (start_error + objectives.RELATIVE_LOSS_EPS),
+                               rtol=1e-5)
+    zero_head = diffusion.loss(ti.offset + 0.0, ti.target, mask) * ti.weight
+    np.testing.assert_allclose(zero_head, start_error / (start_error + 1e-4), rtol=1e-5)
+    assert np.ptp(np.asarray(start_error)) > 0.01  # the examples' difficulties differ
+    with pytest.raises(ValueError, match="relative"):
+        make("denoise", objective="regression", residual=False, loss="relative")

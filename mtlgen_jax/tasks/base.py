@@ -40,7 +40,13 @@ class Task:
       objective: 'diffusion' (Palette-style conditional denoising from pure noise),
         'regression' (one-step prediction of the clean image) or 'bridge' (iterative
         restoration that starts at the task's baseline; see ``mtlgen_jax.objectives``).
-      loss: 'l2' or 'l1' per-pixel loss.
+      loss: 'l2' or 'l1' per-pixel loss, or 'relative': each example's squared error
+        divided by its start's (``start``, a constant of the batch), so every example
+        weighs by how much it improves on its start rather than by how large its error
+        is. Training then follows the mean per-example PSNR (whose gradient weighs each
+        example by 1 / its error) instead of the mean squared error, which hard examples
+        (large holes, textured crops, high noise) dominate. Needs a start (``residual``
+        or the bridge); at a zero head it is exactly 1 for a one-pass residual.
       residual: predict relative to the task's baseline (the clean-image estimate is
         ``baseline + head``; the head starts at zero, so an untrained model returns
         the baseline). Restoration tasks only.
@@ -103,8 +109,9 @@ class Task:
             raise ValueError(
                 f"tasks.{self.name}.objective={objective!r} is unknown; use one of {OBJECTIVES}."
             )
-        if loss not in ("l1", "l2"):
-            raise ValueError(f"tasks.{self.name}.loss={loss!r} is unknown; use 'l1' or 'l2'.")
+        if loss not in ("l1", "l2", "relative"):
+            raise ValueError(f"tasks.{self.name}.loss={loss!r} is unknown; use 'l1', 'l2' or "
+                             "'relative'.")
         has_baseline = self.has_condition and type(self).baseline is not Task.baseline
         if objective == "bridge" and not has_baseline:
             raise ValueError(
@@ -113,6 +120,9 @@ class Task:
         if residual and not has_baseline:
             raise ValueError(f"tasks.{self.name}.residual=True: {self.name} has no baseline to "
                              "predict relative to; drop residual.")
+        if loss == "relative" and not (residual or objective == "bridge"):
+            raise ValueError(f"tasks.{self.name}.loss='relative' divides by the error of the "
+                             "task's start: use it with residual=True or objective='bridge'.")
         if not bridge_noise >= 0:
             raise ValueError(f"tasks.{self.name}.bridge_noise={bridge_noise} must be >= 0.")
         self.residual = bool(residual)
