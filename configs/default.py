@@ -77,14 +77,16 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # objective: 'diffusion' | 'regression' | 'bridge'; residual: predict relative to the
     # task's baseline (see mtlgen_jax/objectives.py); consistent: project every estimate
     # onto the images the condition allows (known pixels, low-resolution block means,
-    # luminance; see Task.project), also inside the loss.
-    c.tasks.denoise = dict(weight=1.0, objective="bridge", residual=False, sigma_min=0.1,
-                           sigma_max=0.4)
+    # luminance; see Task.project), also inside the loss; loss: 'l2' | 'l1' | 'relative'
+    # (each example's error over its start's: follows the mean PSNR; see Task).
+    c.tasks.denoise = dict(weight=1.0, objective="bridge", residual=False, loss="l2",
+                           sigma_min=0.1, sigma_max=0.4)
     c.tasks.inpaint = dict(weight=1.0, objective="regression", residual=True, consistent=True,
-                           mask_kinds="box,stroke,half")
+                           loss="l2", mask_kinds="box,stroke,half")
     c.tasks.super_resolve = dict(weight=1.0, objective="regression", residual=True,
-                                 consistent=True, factor=2)
-    c.tasks.colorize = dict(weight=1.0, objective="bridge", residual=False, consistent=True)
+                                 consistent=True, loss="l2", factor=2)
+    c.tasks.colorize = dict(weight=1.0, objective="bridge", residual=False, consistent=True,
+                            loss="l2")
     c.tasks.generate = dict(weight=1.0, objective="diffusion", label_dropout=0.1)
 
     c.diffusion = ml_collections.ConfigDict()
