@@ -33,7 +33,7 @@ def get_config(variant: str = ""):
     c.model.backbone = "unet"  # measured with the U-Net
     c.model.width = 16
     for name in ("denoise", "inpaint", "super_resolve", "colorize"):
-        c.tasks[name] = dict(c.tasks[name], objective="regression", residual=False)
+        c.tasks[name] = dict(c.tasks[name], objective="regression", residual=False, loss="l2")
     c.eval.batch_size = 64
     c.eval.num_batches = 4  # 256 held-out crops per task
     if variant == "tiny":

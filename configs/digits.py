@@ -28,7 +28,7 @@ def get_config(variant: str = ""):
     c.tasks.names = "generate,denoise,inpaint,super_resolve"
     # Measured with diffusion on every task, equal weights, 25-step DDIM (README "Digits").
     for name in ("denoise", "inpaint", "super_resolve"):
-        c.tasks[name] = dict(c.tasks[name], objective="diffusion", residual=False)
+        c.tasks[name] = dict(c.tasks[name], objective="diffusion", residual=False, loss="l2")
     c.weighting.name = "ew"
     c.eval.sample_steps = 25
     c.tasks.generate = dict(weight=2.0, objective="diffusion", class_conditional="auto",

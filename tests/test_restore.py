@@ -29,7 +29,7 @@ def fresh_run(objective="regression", residual=True, **task_params):
     cfg.tasks.names = TASKS
     for t in TASKS.split(","):
         cfg.tasks[t] = dict(cfg.tasks[t], objective=objective, residual=residual,
-                            **task_params)
+                            **{"loss": "l2", **task_params})
     info = DatasetInfo("synthetic", None, 3, 16, 64, 8, "train", "test")
     comp = components.build(cfg, info)
     par = parallel.Parallel(devices=jax.local_devices())

@@ -21,7 +21,7 @@ def build(weighting="mgda", grad_space="params", accum=1):
     cfg.grad_accum_steps = accum
     cfg.tasks.names = "denoise,inpaint,super_resolve"
     for name in ("denoise", "inpaint", "super_resolve"):  # heads that start non-zero
-        cfg.tasks[name] = dict(cfg.tasks[name], objective="diffusion", residual=False)
+        cfg.tasks[name] = dict(cfg.tasks[name], objective="diffusion", residual=False, loss="l2")
     comp = components.build(cfg, INFO)
     return cfg, comp
 

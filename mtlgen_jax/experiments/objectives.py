@@ -58,6 +58,8 @@ def objective_config(config: ml_collections.ConfigDict, name: str) -> ml_collect
     for task in delta_m.task_names(cfg):
         params = dict(cfg.tasks.get(task, {}) or {})
         params.update(objective=objective, residual=residual)
+        if params.get("loss") == "relative" and not (residual or objective == "bridge"):
+            params["loss"] = "l2"  # plain diffusion has no start to be relative to
         cfg.tasks[task] = params
     return cfg
 
