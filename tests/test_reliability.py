@@ -26,7 +26,10 @@ def args_for(workdir, data_dir, *extra):
             "--workdir", str(workdir), f"--config.dataset.data_dir={data_dir}",
             f"--config.num_train_steps={STEPS}", "--config.checkpoint_every_steps=2",
             "--config.log_every_steps=1", "--config.eval.num_batches=0",
-            "--config.tasks.names=denoise,inpaint", *extra]
+            "--config.tasks.names=denoise,inpaint",
+            # The l2 loss the tolerances below were set for (the relative loss's per-example
+            # weights, up to 1e4, magnify reduction-order differences between processes).
+            "--config.tasks.denoise.loss=l2", "--config.tasks.inpaint.loss=l2", *extra]
 
 
 def env():
@@ -76,6 +79,8 @@ def config(data_dir, **kw):
     c.log_every_steps = 1
     c.eval.num_batches = 0
     c.tasks.names = "denoise,inpaint"
+    c.tasks.denoise = dict(c.tasks.denoise, loss="l2")  # as args_for
+    c.tasks.inpaint = dict(c.tasks.inpaint, loss="l2")
     c.update_from_flattened_dict(kw)
     return c
 
