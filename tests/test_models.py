@@ -118,3 +118,19 @@ def test_deeper_unet_head_starts_as_the_one_layer_head(model_and_params):
     np.testing.assert_allclose(jax.jit(deep.apply)({"params": p2}, x, cond, t, task_id, label),
                                jax.jit(model.apply)({"params": params}, x, cond, t, task_id,
                                                     label), atol=1e-6)
+
+
+def test_unet_attention_computes_in_the_model_dtype(model_and_params):
+    """bfloat16: every attention block of the U-Net computes (and returns) bfloat16 --
+    its dtype is passed through, not left at the float32 default."""
+    _, params = model_and_params
+    model = MultiTaskModel(tasks=TASKS, out_channels=3, num_classes=10, dtype=jnp.bfloat16,
+                           backbone=dict(width=8, channel_mult=(1, 2), num_res_blocks=1,
+                                         attn_resolutions=(8,), num_heads=2))
+    _, state = jax.jit(lambda p: model.apply({"params": p}, *inputs(),
+                                             capture_intermediates=True))(params)
+    outs = {"/".join(str(getattr(k, "key", k)) for k in path): x for path, x in
+            jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]}
+    attn = {k: v.dtype for k, v in outs.items()
+            if "AttentionBlock" in k and "MultiHeadDotProductAttention_0/__call__" in k}
+    assert attn and all(d == jnp.bfloat16 for d in attn.values()), attn

@@ -86,8 +86,6 @@ class AttentionBlock(nn.Module):
     """Multi-head self-attention over the spatial positions, with a residual."""
 
     num_heads: int = 4
-    task_film: bool = False
-    task_lora_rank: int = 0
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -170,14 +168,14 @@ class UNet(nn.Module):
             for _ in range(self.num_res_blocks):
                 h = block(self.width * mult)(h, emb, task_id, train=train)
                 if h.shape[1] in self.attn_resolutions:
-                    h = AttentionBlock(self.num_heads, self.dtype)(h)
+                    h = AttentionBlock(self.num_heads, dtype=self.dtype)(h)
                 skips.append(h)
             if level != len(self.channel_mult) - 1:
                 h = conv(h, h.shape[-1], (3, 3), strides=(2, 2))
                 skips.append(h)
 
         h = block(h.shape[-1])(h, emb, task_id, train=train)
-        h = AttentionBlock(self.num_heads, self.dtype)(h)
+        h = AttentionBlock(self.num_heads, dtype=self.dtype)(h)
         h = block(h.shape[-1])(h, emb, task_id, train=train)
 
         for level, mult in reversed(list(enumerate(self.channel_mult))):
@@ -185,7 +183,7 @@ class UNet(nn.Module):
                 h = jnp.concatenate([h, skips.pop()], axis=-1)
                 h = block(self.width * mult)(h, emb, task_id, train=train)
                 if h.shape[1] in self.attn_resolutions:
-                    h = AttentionBlock(self.num_heads, self.dtype)(h)
+                    h = AttentionBlock(self.num_heads, dtype=self.dtype)(h)
             if level != 0:
                 b, hh, ww, c = h.shape
                 h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), method="nearest")
