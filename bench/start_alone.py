@@ -53,7 +53,7 @@ def main(argv=None):
     tasks = [t for t in args.tasks.split(",") if t]
     for t in tasks:
         task = run.comp.tasks[run.comp.task_index(t)]
-        if not (task.residual or task.objective == "bridge"):
+        if not task.uses_start:
             raise SystemExit(f"task {t!r} predicts no correction over a start "
                              "(objective=regression/diffusion without residual).")
     trained = run.params

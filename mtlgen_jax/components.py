@@ -256,7 +256,7 @@ def build(config, info) -> Components:
         tasks=tuple(t.name for t in task_list), out_channels=info.channels,
         backbone=model_kwargs(config.model),
         num_classes=info.num_classes or 0, dtype=DTYPES[config.dtype],
-        zero_heads=tuple(t.residual or t.objective == "bridge" for t in task_list),
+        zero_heads=tuple(t.uses_start for t in task_list),
         backbone_kind=config.model.get("backbone", "unet"),
         head_depth=config.model.get("head_depth", 0),
     )

@@ -91,7 +91,7 @@ def train_inputs(task, x0: jax.Array, cond, eps: jax.Array, t: jax.Array, *, sch
     """
     zeros = jnp.zeros_like(x0)
     ones = jnp.ones(x0.shape[:1], jnp.float32)
-    base = task.start(cond) if (task.residual or task.objective == "bridge") else None
+    base = task.start(cond) if task.uses_start else None
     weight = ones
     if task.loss == "relative":  # per-example weight 1 / (the start's squared error)
         start_error = diffusion.loss(base, x0, task.loss_mask(cond), kind="l2")
@@ -165,7 +165,7 @@ def sample(task, head_fn, cond, rng: jax.Array, *, schedule, prediction: str, st
         return task.postprocess(jnp.clip(x0, -1.0, 1.0), cond)
 
     shape = cond.image.shape
-    base = task.start(cond) if (task.residual or task.objective == "bridge") else None
+    base = task.start(cond) if task.uses_start else None
     if task.objective == "regression":
         out = head_fn(jnp.zeros(shape, jnp.float32), jnp.ones(shape[:1], jnp.float32))
         return finish(out if base is None else base + out)

@@ -140,9 +140,9 @@ def _per_task(comp: Components, pred, inputs: objectives.TrainInputs, mask, task
     open.
     """
     pred = pred + inputs.offset
-    if any(tk.consistent and tk.predicts_image for tk in comp.tasks):
-        pred = select(task_id, [tk.project(pred, cond) if tk.consistent and tk.predicts_image
-                                else pred for tk in comp.tasks])
+    if any(tk.projects_in_loss for tk in comp.tasks):
+        pred = select(task_id, [tk.project(pred, cond) if tk.projects_in_loss else pred
+                                for tk in comp.tasks])
     l2 = diffusion.loss(pred, inputs.target, mask, kind="l2")
     l1 = diffusion.loss(pred, inputs.target, mask, kind="l1")
     use_l1 = jnp.asarray([tk.loss == "l1" for tk in comp.tasks])[task_id]

@@ -103,7 +103,6 @@ def test_gradient_method_with_one_task_is_refused_before_compiling():
         components.build(cfg, INFO)
 
 
-
 def test_loss_scores_only_what_the_condition_leaves_open():
     """A consistent task's loss is that of its projected estimate: shifting a super-
     resolution estimate by a block-constant field (which the low-resolution image fixes)

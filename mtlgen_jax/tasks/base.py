@@ -180,6 +180,18 @@ class Task:
         return jnp.clip(self.project(x0, cond), -1.0, 1.0)
 
     @property
+    def uses_start(self) -> bool:
+        """Whether the objective starts from ``start`` (residual prediction, the bridge):
+        the head's output is a correction of it, zero-initialised."""
+        return self.residual or self.objective == "bridge"
+
+    @property
+    def projects_in_loss(self) -> bool:
+        """Whether the training loss scores the ``project``-ed estimate (a consistent task
+        whose head's output, plus the objective's offset, is a clean-image estimate)."""
+        return self.consistent and self.predicts_image
+
+    @property
     def predicts_image(self) -> bool:
         """Whether the head's output (plus the objective's offset) is a clean-image
         estimate -- every objective but plain diffusion, whose head predicts v or eps."""
