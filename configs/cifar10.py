@@ -44,10 +44,7 @@ def get_config(variant: str = ""):
     c.eval.num_batches = 4
     c.eval.sample_steps = 100
     c.eval.guidance = 2.0
-    words = set(filter(None, variant.split(",")))
-    if words - {"vit", "tiny"}:
-        raise ValueError(f"configs/cifar10.py: unknown variant {variant!r}; use '', 'vit', "
-                         "'tiny' or 'vit,tiny'.")
+    words = default.variants(variant, ("vit", "tiny"), "configs/cifar10.py")
     if "vit" in words:
         # DiT-S/2 (Peebles & Xie, 2023): 12 blocks of width 384, 6 heads of 64, 2x2
         # patches (256 tokens), ~33M parameters like the U-Net; cuDNN flash attention in

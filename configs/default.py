@@ -148,15 +148,21 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.eval.sample_steps = 1  # sampler steps at evaluation (bridge: 1 = the fidelity point)
     c.eval.guidance = 1.0  # classifier-free guidance scale for 'generate' (1 = none)
 
-    words = set(filter(None, variant.split(",")))
-    if words - {"vit", "tiny"}:
-        raise ValueError(f"configs/default.py: unknown variant {variant!r}; use '', 'vit', "
-                         "'tiny' or 'vit,tiny'.")
+    words = variants(variant, ("vit", "tiny"), "configs/default.py")
     if "vit" in words:
         use_vit(c)
     if "tiny" in words:
         shrink(c)
     return c
+
+
+def variants(variant: str, known: tuple[str, ...], path: str) -> set[str]:
+    """The comma-separated words of ``path:variant``; an unknown one is refused."""
+    words = set(filter(None, variant.split(",")))
+    if words - set(known):
+        raise ValueError(f"{path}: unknown variant {variant!r}; use a comma-separated subset "
+                         f"of {known} (or none).")
+    return words
 
 
 def use_vit(c: ml_collections.ConfigDict) -> None:

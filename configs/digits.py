@@ -42,7 +42,7 @@ def get_config(variant: str = ""):
     c.eval.batch_size = 100
     c.eval.num_batches = 2
     c.eval.guidance = 2.0
-    if variant == "tiny":
+    if "tiny" in default.variants(variant, ("tiny",), "configs/digits.py"):
         default.shrink(c)
         c.dataset.image_size = 8
     return c

@@ -24,6 +24,6 @@ def get_config(variant: str = ""):
     c.checkpoint_every_steps = 500
     c.tasks.super_resolve = dict(c.tasks.super_resolve, weight=2.0)
     c.tasks.colorize = dict(c.tasks.colorize, weight=0.5)
-    if variant == "tiny":
+    if "tiny" in default.variants(variant, ("tiny",), "configs/photos.py"):
         default.shrink(c)
     return c
