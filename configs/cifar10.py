@@ -48,15 +48,8 @@ def get_config(variant: str = ""):
     if "vit" in words:
         # DiT-S/2 (Peebles & Xie, 2023): 12 blocks of width 384, 6 heads of 64, 2x2
         # patches (256 tokens), ~33M parameters like the U-Net; cuDNN flash attention in
-        # bfloat16 on GPUs (XLA's attention elsewhere). DiT trains without dropout.
-        c.model.backbone = "vit"
-        c.model.width = 384
-        c.model.num_heads = 6
-        c.model.patch_size = 2
-        c.model.depth = 12
-        c.model.mlp_ratio = 4.0
-        c.model.dropout = 0.0
-        c.model.attention_impl = "cudnn"
+        # bfloat16 on GPUs (XLA's attention elsewhere).
+        default.use_vit(c, width=384, depth=12, num_heads=6, attention_impl="cudnn")
     if "tiny" in words:
         default.shrink(c)
     return c

@@ -165,16 +165,19 @@ def variants(variant: str, known: tuple[str, ...], path: str) -> set[str]:
     return words
 
 
-def use_vit(c: ml_collections.ConfigDict) -> None:
-    """The transformer backbone at CPU size (`configs/default.py:vit`): a DiT of 6 blocks of
-    width 96 over 2x2 patches (256 tokens per 32x32 crop), the same tasks and training."""
+def use_vit(c: ml_collections.ConfigDict, *, width: int = 96, depth: int = 6,
+            num_heads: int = 4, attention_impl: str | None = None) -> None:
+    """The transformer backbone (`configs/default.py:vit`): by default a DiT of 6 blocks of
+    width 96 over 2x2 patches (256 tokens per 32x32 crop) at CPU size, the same tasks and
+    training; other configs pass their own size (configs/cifar10.py: DiT-S/2)."""
     c.model.backbone = "vit"
-    c.model.width = 96
-    c.model.num_heads = 4
+    c.model.width = width
+    c.model.num_heads = num_heads
     c.model.patch_size = 2
-    c.model.depth = 6
+    c.model.depth = depth
     c.model.mlp_ratio = 4.0
-    c.model.dropout = 0.0
+    c.model.dropout = 0.0  # DiT trains without dropout
+    c.model.attention_impl = attention_impl
 
 
 def shrink(c: ml_collections.ConfigDict) -> None:
