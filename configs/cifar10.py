@@ -44,6 +44,7 @@ def get_config(variant: str = ""):
     c.eval.num_batches = 4
     c.eval.sample_steps = 100
     c.eval.guidance = 2.0
+    c.eval.self_ensemble = False  # Palette-style diffusion samples: an average would blur them
     words = default.variants(variant, ("vit", "tiny"), "configs/cifar10.py")
     if "vit" in words:
         # DiT-S/2 (Peebles & Xie, 2023): 12 blocks of width 384, 6 heads of 64, 2x2

@@ -31,6 +31,7 @@ def get_config(variant: str = ""):
         c.tasks[name] = dict(c.tasks[name], objective="diffusion", residual=False, loss="l2")
     c.weighting.name = "ew"
     c.eval.sample_steps = 25
+    c.eval.self_ensemble = False  # measured without; averaging diffusion samples blurs them
     c.tasks.generate = dict(weight=2.0, objective="diffusion", class_conditional="auto",
                             label_dropout=0.1)
     c.warmup_steps = 100

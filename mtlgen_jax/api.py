@@ -19,11 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mtlgen_jax import components, data, evaluate, parallel
+from mtlgen_jax import components, data, ensemble, evaluate, parallel
 from mtlgen_jax import workdir as workdir_lib
 from mtlgen_jax.checkpoint import FORMAT_VERSION, Checkpointer
 from mtlgen_jax.images import to_float, to_uint8
-from mtlgen_jax.sampling import Sampler
+from mtlgen_jax.sampling import Sampler, check_self_ensemble
 from mtlgen_jax.tasks import Condition
 
 
@@ -79,7 +79,7 @@ class Run:
     def sample(self, task: str, condition: Condition | None = None, labels=None,
                num_samples: int | None = None, rng: jax.Array | None = None, *,
                steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
-               guidance: float = 1.0) -> np.ndarray:
+               guidance: float = 1.0, self_ensemble: bool | None = None) -> np.ndarray:
         """Samples ``task``'s outputs: uint8 [N, H, W, C].
 
         Args:
@@ -90,8 +90,12 @@ class Run:
           rng: a ``jax.random.key``; sampling is deterministic given it.
           steps: sampler steps; sampler: 'ddim' or 'ddpm'; eta: DDIM stochasticity.
           guidance: classifier-free guidance scale (1 = none, 0 = unconditional).
+          self_ensemble: average over the 8 flips and rotations of each condition
+            (``mtlgen_jax.ensemble``); default: the run's ``eval.self_ensemble`` for
+            restoration tasks.
         """
         t = self._task(task)
+        self_ensemble = self._self_ensemble(t, self_ensemble)
         rng = jax.random.key(0) if rng is None else rng
         s, c = self.info.image_size, self.info.channels
         if labels is not None:
@@ -118,8 +122,16 @@ class Run:
             raise ValueError(f"{len(labels)} labels for {n} conditions.")
         (condition, labels), rows = self._par.shard_rows((condition, labels))
         out = self._sampler(self.params, task, condition, labels, rng, steps=steps,
-                            sampler=sampler, eta=eta, guidance=guidance)
+                            sampler=sampler, eta=eta, guidance=guidance,
+                            self_ensemble=self_ensemble)
         return self._par.gather(to_uint8(out), rows)
+
+    def _self_ensemble(self, task, requested: bool | None) -> bool:
+        """``requested``, or the config's ``eval.self_ensemble`` for a restoration task."""
+        if requested is None:
+            return task.has_condition and bool(self.config.eval.get("self_ensemble", False))
+        check_self_ensemble(task, requested)
+        return bool(requested)
 
     def evaluate(self, split: str = "test", num_batches: int = 4,
                  steps: int | None = None) -> dict[str, float]:
@@ -133,7 +145,8 @@ class Run:
 
     def restore_image(self, task: str, image, mask=None, *, steps: int | None = None,
                       rng: jax.Array | None = None, sampler: str | None = None,
-                      eta: float | None = None, overlap: int | None = None) -> np.ndarray:
+                      eta: float | None = None, overlap: int | None = None,
+                      self_ensemble: bool | None = None) -> np.ndarray:
         """Restores one photograph of any size: uint8 [H', W', C] back.
 
         Args:
@@ -147,6 +160,8 @@ class Run:
           rng: sampling key (default ``jax.random.key(0)``).
           sampler, eta: override ``config.diffusion.sampler`` / ``eta``.
           overlap: pixels shared by neighbouring tiles (default: a quarter tile).
+          self_ensemble: average the restorations of the 8 flips and rotations of the
+            photo (8x the time; default: the run's ``eval.self_ensemble``).
 
         An image larger than the model's crop is processed in overlapping tiles, blended
         at every sampler step (``mtlgen_jax.tiling``), sharded over this process's
@@ -165,23 +180,31 @@ class Run:
         eta = float(self.config.diffusion.eta if eta is None else eta)
         size = self.info.image_size
         overlap = size // 4 if overlap is None else int(overlap)
-        key = (task, cond.image.shape, steps, sampler, eta, overlap)
-        if key not in self._restore:
-            self._restore[key] = jax.jit(lambda p, c, r: tiling.restore(
-                self.comp, p, self.comp.task_index(task), c, r, steps=steps, sampler=sampler,
-                eta=eta, overlap=overlap, sharding=self._par.batch_sharding,
-                progress=lambda: self._progress[0] and self._progress[0]()))
+        ensembled = self._self_ensemble(t, self_ensemble)
+        rng = jax.random.key(0) if rng is None else rng
+
+        def tiled(c):  # one compiled tiled restoration per image shape
+            key = (task, c.image.shape, steps, sampler, eta, overlap)
+            if key not in self._restore:
+                self._restore[key] = jax.jit(lambda p, c, r: tiling.restore(
+                    self.comp, p, self.comp.task_index(task), c, r, steps=steps,
+                    sampler=sampler, eta=eta, overlap=overlap,
+                    sharding=self._par.batch_sharding,
+                    progress=lambda: self._progress[0] and self._progress[0]()))
+            return self._restore[key](self.params, c, rng)
+
         h, w = cond.image.shape[1:3]
         stride = max(size - overlap, 1)
         tiles = len(tiling.tile_starts(h, size, stride)) * len(tiling.tile_starts(w, size, stride))
+        calls = (steps if t.objective != "regression" else 1) * (
+            ensemble.SIZE if ensembled else 1)
         from tqdm import tqdm
 
-        with tqdm(total=steps if t.objective != "regression" else 1, desc=f"restore {task}",
-                  disable=tiles * steps < 64, leave=False) as bar:
+        with tqdm(total=calls, desc=f"restore {task}", disable=tiles * calls < 64,
+                  leave=False) as bar:
             self._progress[0] = lambda: bar.update(1)
             try:
-                out = self._restore[key](self.params, cond,
-                                         jax.random.key(0) if rng is None else rng)
+                out = ensemble.looped(tiled, cond) if ensembled else tiled(cond)
                 out = np.asarray(to_uint8(out))[0]
                 jax.effects_barrier()  # the last progress updates
             finally:

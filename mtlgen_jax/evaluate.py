@@ -69,7 +69,9 @@ def evaluate(comp, sampler, params, config, *, num_batches: int,
         k_rng = jax.random.fold_in(rng, k)
         degrade = jax.jit(functools.partial(per_row, task.degrade))
         degrade_info = jax.jit(functools.partial(per_row, task.degrade_info))  # once per task
-        task_kw = dict(kw, guidance=ev.guidance) if task.class_conditional else kw
+        task_kw = dict(kw, guidance=ev.guidance) if task.class_conditional else dict(kw)
+        if task.has_condition:
+            task_kw["self_ensemble"] = bool(ev.get("self_ensemble", False))
         scores: dict[str, list] = {}
         outputs, labels_seen, grid = [], [], None
         for i, host_batch in enumerate(batches):

@@ -14,7 +14,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from mtlgen_jax import diffusion, objectives
+from mtlgen_jax import diffusion, ensemble, objectives
 from mtlgen_jax.tasks import Condition
 
 SAMPLERS = ("ddim", "ddpm")
@@ -33,21 +33,33 @@ class Sampler:
 
     def __call__(self, params, task: str, cond: Condition, labels: jax.Array, rng: jax.Array, *,
                  steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
-                 guidance: float = 1.0) -> jax.Array:
-        """Returns float32 [B, H, W, C] in [-1, 1]."""
+                 guidance: float = 1.0, self_ensemble: bool = False) -> jax.Array:
+        """Returns float32 [B, H, W, C] in [-1, 1].
+
+        ``self_ensemble``: the mean of the outputs for the 8 flips and rotations of each
+        condition (``mtlgen_jax.ensemble``; one call on an 8x batch), for tasks with a
+        condition image.
+        """
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler={sampler!r} is unknown; use one of {SAMPLERS}.")
         if steps < 1:
             raise ValueError(f"steps={steps} must be >= 1.")
         k = self.comp.task_index(task)
-        key = (k, sampler, int(steps), float(eta), float(guidance))
+        check_self_ensemble(self.comp.tasks[k], self_ensemble)
+        key = (k, sampler, int(steps), float(eta), float(guidance), bool(self_ensemble))
         if key not in self._cache:
             self._cache[key] = jax.jit(functools.partial(
                 self._sample, k, sampler=sampler, steps=int(steps), eta=float(eta),
-                guidance=float(guidance)))
+                guidance=float(guidance), self_ensemble=bool(self_ensemble)))
         return self._cache[key](params, cond, labels, rng)
 
-    def _sample(self, k, params, cond, labels, rng, *, sampler, steps, eta, guidance):
+    def _sample(self, k, params, cond, labels, rng, *, sampler, steps, eta, guidance,
+                self_ensemble=False):
+        if self_ensemble:
+            labels = jnp.tile(labels, ensemble.SIZE)
+            return ensemble.batched(
+                lambda c: self._sample(k, params, c, labels, rng, sampler=sampler,
+                                       steps=steps, eta=eta, guidance=guidance), cond)
         task = self.comp.tasks[k]
         b = cond.image.shape[0]
         task_id = jnp.full((b,), k, jnp.int32)
@@ -66,3 +78,12 @@ class Sampler:
         return objectives.sample(task, head_fn, cond, rng, schedule=self.comp.schedule,
                                  prediction=self.comp.prediction, steps=steps, sampler=sampler,
                                  eta=eta)
+
+
+def check_self_ensemble(task, self_ensemble: bool) -> None:
+    """Refuses a self-ensemble of a task without a condition image, naming the fix."""
+    if self_ensemble and not task.has_condition:
+        raise ValueError(f"self_ensemble averages the restorations of one condition under 8 "
+                         f"flips and rotations; task {task.name!r} has no condition image: "
+                         "pass self_ensemble=False (eval.self_ensemble applies to the "
+                         "restoration tasks only).")

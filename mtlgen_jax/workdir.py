@@ -104,6 +104,7 @@ ADDED_KEYS = {
     # Per-task capacity inside the backbone: runs before it had none.
     "model.task_film": False,
     "model.task_lora_rank": 0,
+    "eval.self_ensemble": False,
 }
 
 
@@ -135,7 +136,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 INFERENCE_KEYS = (
     "dataset.name", "dataset.folder", "dataset.data_dir", "dataset.train_split",
     "dataset.test_split", "dataset.test_fraction", "eval.batch_size", "eval.num_batches",
-    "eval.sample_steps", "eval.guidance", "diffusion.sampler", "diffusion.eta",
+    "eval.sample_steps", "eval.guidance", "eval.self_ensemble", "diffusion.sampler",
+    "diffusion.eta",
 )
 
 

@@ -22,11 +22,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = "denoise,inpaint,super_resolve,colorize"
 
 
-def fresh_run(objective="regression", residual=True, **task_params):
+def fresh_run(objective="regression", residual=True, self_ensemble=False, **task_params):
     """An untrained Run (no checkpoint): with residual prediction its heads are zero,
     so every task returns its baseline -- an identity model for the tiler."""
     cfg = default.get_config("tiny")
     cfg.tasks.names = TASKS
+    cfg.eval.self_ensemble = self_ensemble
     for t in TASKS.split(","):
         cfg.tasks[t] = dict(cfg.tasks[t], objective=objective, residual=residual,
                             **{"loss": "l2", **task_params})

@@ -27,6 +27,11 @@ FIRST_RELEASE_KEYS = frozenset((
     'weight_decay', 'weighting.name'))
 
 
+# Keys whose default config value is not what runs before them did: their backfill is
+# the old behaviour (evaluation without the self-ensemble), the default the new one.
+DEFAULT_CHANGED = {"eval.self_ensemble"}
+
+
 def leaves(d, prefix=""):
     out = {}
     for k, v in d.items():
@@ -48,6 +53,8 @@ def test_every_key_added_since_the_first_release_has_a_backfill_default():
             param = key.rsplit(".", 1)[1]
             default_value = inspect.signature(tasks.Task.__init__).parameters[param].default
             assert value == default_value, key
+        elif key in DEFAULT_CHANGED:
+            assert current[key] != value, key  # listed here only while they differ
         else:
             assert current[key] == value, key  # the backfill is the default's behaviour
 
