@@ -76,6 +76,33 @@ def test_table_writer_columns_and_values(tmp_path):
     assert sum(line.startswith("| ") for line in md) == 1 + 3  # header + rows
 
 
+def test_seeds_give_mean_and_sample_std_and_delta_m_against_the_mean_reference(tmp_path):
+    single = {"denoise": [({"denoise/psnr": 20.0}, 0.1), ({"denoise/psnr": 22.0}, 0.1)],
+              "inpaint": [({"inpaint/psnr": 10.0}, 0.2), ({"inpaint/psnr": 10.0}, 0.2)]}
+    multi = {"ew": [({"denoise/psnr": 21.0, "inpaint/psnr": 11.0}, 0.3),
+                    ({"denoise/psnr": 23.1, "inpaint/psnr": 9.0}, 0.3)],
+             "famo": ({"denoise/psnr": 21.0, "inpaint/psnr": 10.0}, 0.4)}  # one seed
+    rows, keys, _ = dm.build_rows(["denoise", "inpaint"], single, multi)
+    ref, ew, famo = rows
+    assert ref.metrics == {"denoise/psnr": 21.0, "inpaint/psnr": 10.0} and ref.seeds == 2
+    assert ref.metrics_std["denoise/psnr"] == pytest.approx(math.sqrt(2.0))  # (20, 22): n - 1
+    assert ref.step_ms == pytest.approx(300.0)  # the two specialists' mean step times
+    # Each seed's Δm against the reference means (21, 10): seed 0 (0 + 10)/2 = 5,
+    # seed 1 (10 - 10)/2 = 0 -> 2.5 ± std(5, 0).
+    assert ew.delta_m == pytest.approx(2.5)
+    assert ew.delta_m_std == pytest.approx(math.sqrt(12.5))
+    assert ew.metrics["denoise/psnr"] == pytest.approx(22.05) and ew.seeds == 2
+    assert famo.seeds == 1 and math.isnan(famo.delta_m_std) and famo.metrics_std == {}
+    md_path, csv_path = dm.write_tables(str(tmp_path), rows, keys)
+    with open(csv_path) as f:
+        table = list(csv.reader(f))
+    assert table[0] == ["method", "seeds", "denoise/psnr", "denoise/psnr_std", "inpaint/psnr",
+                        "inpaint/psnr_std", "delta_m_pct", "delta_m_pct_std", "step_ms",
+                        "step_time_vs_ew"]
+    assert table[3][1] == "1" and table[3][3] == ""  # one seed: no std
+    assert "| ew | 2 | 22.0500 ± 1.4849 |" in open(md_path).read()
+
+
 # --- orchestration with a fake trainer ------------------------------------------------
 def _fake_metrics(cfg):
     """Deterministic final metrics: single-task PSNR 20; ew 22 / 19; others 20."""
@@ -119,7 +146,7 @@ def test_orchestration_trains_each_run_once_and_reuses_them(tmp_path):
     train = FakeTrainer()
     no_eval = lambda *a, **k: pytest.fail("eval_fn called for a finished run")
     rows = dm.run_experiment(_config(0.25), workdir, "ew,famo,cagrad,cagrad-ub", steps=3,
-                             train_fn=train, eval_fn=no_eval)
+                             train_fn=train, eval_fn=no_eval)["A"]
     names = [n for n, _ in train.calls]
     assert names == ["single_denoise", "single_inpaint", "mtl_ew", "mtl_famo", "mtl_cagrad",
                      "mtl_cagrad-ub"]
@@ -153,6 +180,47 @@ def test_orchestration_trains_each_run_once_and_reuses_them(tmp_path):
     dm.run_experiment(_config(0.25), workdir, "ew,famo,cagrad,cagrad-ub", steps=3, train_fn=again,
                       eval_fn=no_eval)
     assert again.calls == []
+
+
+def test_orchestration_runs_seeds_both_budgets_and_the_equal_parameter_row(tmp_path):
+    workdir = str(tmp_path / "dm")
+    train = FakeTrainer()
+    out = dm.run_experiment(_config(), workdir, "ew,famo", steps=4, seeds=(0, 1),
+                            seeded=("ew",), budgets=("A", "B"), equal_params_width=32,
+                            train_fn=train, eval_fn=lambda *a, **k: None)
+    cfgs = dict(train.calls)
+    assert list(cfgs) == [
+        "single_denoise", "single_denoise_seed1", "single_inpaint", "single_inpaint_seed1",
+        "single_denoise_B", "single_denoise_B_seed1", "single_inpaint_B",
+        "single_inpaint_B_seed1", "mtl_ew", "mtl_ew_seed1", "mtl_famo", "mtl_ew-w32",
+        "mtl_ew-w32_seed1"]
+    assert cfgs["single_denoise_seed1"].seed == 1 and cfgs["mtl_ew"].seed == 0
+    # Budget B: each of the two specialists gets half the steps (equal examples per task).
+    assert cfgs["single_inpaint_B"].num_train_steps == 2
+    assert cfgs["single_inpaint"].num_train_steps == cfgs["mtl_famo"].num_train_steps == 4
+    assert cfgs["mtl_ew-w32"].model.width == 32 and cfgs["mtl_ew"].model.width == 8
+    assert cfgs["mtl_ew-w32"].weighting.name == "ew"
+    assert set(out) == {"A", "B"}
+    for b, name in (("A", "delta_m.csv"), ("B", "delta_m_B.csv")):
+        assert [r.method for r in out[b]] == ["single-task", "ew", "famo", "ew-w32"]
+        assert [r.seeds for r in out[b]] == [2, 2, 1, 2]
+        assert os.path.exists(os.path.join(workdir, name))
+    assert "Budget B, equal examples per task" in open(os.path.join(workdir,
+                                                                   "delta_m_B.md")).read()
+    # The fake metrics do not depend on the seed or the steps: Δm as with one seed.
+    assert out["B"][1].delta_m == pytest.approx((10.0 - 5.0) / 2)
+    assert out["B"][1].delta_m_std == 0.0
+    again = FakeTrainer()
+    dm.run_experiment(_config(), workdir, "ew,famo", steps=4, seeds=(0, 1), seeded=("ew",),
+                      budgets=("A", "B"), equal_params_width=32, train_fn=again,
+                      eval_fn=lambda *a, **k: None)
+    assert again.calls == []  # every finished run reused
+    with pytest.raises(ValueError, match="--seeded names 'pcgrad'"):
+        dm.run_experiment(_config(), workdir, "ew", seeded=("pcgrad",), train_fn=again,
+                          eval_fn=again)
+    with pytest.raises(ValueError, match="use A .* and/or B"):
+        dm.run_experiment(_config(), workdir, "ew", budgets=("C",), train_fn=again,
+                          eval_fn=again)
 
 
 def test_orchestration_evaluates_a_run_that_lacks_its_final_eval(tmp_path):

@@ -1,7 +1,8 @@
 r"""The Δm table: every weighting strategy against single-task models, at the same budget.
 
     python -m mtlgen_jax.experiments.delta_m --config configs/default.py \
-        --workdir runs/delta_m --strategies ew,uw,famo,pcgrad [--steps N] [--config.KEY=VALUE]
+        --workdir runs/delta_m --strategies ew,uw,famo,pcgrad [--steps N] [--config.KEY=VALUE] \
+        [--seeds 0,1,2 --seeded ew,famo] [--budgets A,B] [--equal_params_width 32]
 
 Trains one single-task model per task (`<workdir>/single_<task>`: the config with
 `tasks.names` = that task and `ew`) and one multi-task model per strategy
@@ -9,11 +10,19 @@ Trains one single-task model per task (`<workdir>/single_<task>`: the config wit
 mode), each with `mtlgen_jax.train.train_and_evaluate`,
 then writes `<workdir>/delta_m.md` and `<workdir>/delta_m.csv`.
 
-Budget convention: every model trains the same number of steps (`--steps`, else
-`num_train_steps`) on the same global batch (`batch_size`). A single-task model
-spends the whole batch on its task; the multi-task model splits each batch among
-the tasks by the mixture weights (`tasks.<name>.weight`), so it sees about 1/T as
-many examples of each task, with one network instead of T.
+Budgets (`--budgets`): **A**, every model trains the same number of steps (`--steps`,
+else `num_train_steps`) on the same global batch (`batch_size`): a single-task model
+spends the whole batch on its task, the multi-task model splits each batch among the
+tasks by the mixture weights (`tasks.<name>.weight`), so it sees about 1/T as many
+examples of each task, with one network instead of T (the specialists cost T x the
+compute). **B**, each specialist trains its task's share of the multi-task steps
+(steps / T with equal weights): equal examples per task and equal total compute; its
+tables are `delta_m_B.md` / `.csv`.
+
+Seeds (`--seeds 0,1,2`): the single-task models, the equal-parameter row and the
+strategies named in `--seeded` train once per seed; each cell is then the mean ± the
+sample std over seeds, and each seed's Δm is taken against the mean of the single-task
+seeds. `--equal_params_width W` adds `ew-w<W>`, an `ew` model of width W.
 
 Metrics are those of each run's final evaluation (`mtlgen_jax.evaluate`, the
 `eval/<task>/<metric>` row at the last step of `metrics.jsonl`). Δm (Maninis et
@@ -92,18 +101,35 @@ def delta_m(results: Mapping[str, float], reference: Mapping[str, float],
 
 @dataclasses.dataclass
 class Row:
-    """One line of the table."""
+    """One line of the table: a method's mean over its seeds (std where it has several)."""
 
     method: str  # REFERENCE or a strategy name
-    metrics: dict[str, float]  # '<task>/<metric>' -> value
-    delta_m: float  # percent; 0 for the reference
+    metrics: dict[str, float]  # '<task>/<metric>' -> mean over seeds
+    delta_m: float  # percent, mean over seeds; 0 for the reference
     step_ms: float  # steady-state train-step time (ms); nan if unknown
     time_vs_base: float = math.nan  # step_ms / step_ms of BASE_STRATEGY
+    metrics_std: dict[str, float] = dataclasses.field(default_factory=dict)  # over seeds
+    delta_m_std: float = math.nan  # over seeds (nan: one seed)
+    seeds: int = 1
 
 
-def columns(metric_keys: Sequence[str]) -> list[str]:
-    """The table's columns: method, the metrics, Δm, step times."""
-    return ["method", *metric_keys, "delta_m_pct", "step_ms", f"step_time_vs_{BASE_STRATEGY}"]
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; nan for a single value)."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("mean_std of no values")
+    std = statistics.stdev(values) if len(values) > 1 else math.nan
+    return statistics.fmean(values), std
+
+
+def columns(metric_keys: Sequence[str], with_std: bool = False) -> list[str]:
+    """The table's columns: method, the metrics, Δm, step times (with seeds: the number of
+    seeds after the method and a ``_std`` column after each metric and Δm, in the CSV)."""
+    if not with_std:
+        return ["method", *metric_keys, "delta_m_pct", "step_ms",
+                f"step_time_vs_{BASE_STRATEGY}"]
+    return ["method", "seeds", *(c for k in metric_keys for c in (k, f"{k}_std")),
+            "delta_m_pct", "delta_m_pct_std", "step_ms", f"step_time_vs_{BASE_STRATEGY}"]
 
 
 # Number formats: (metrics, Δm, step_ms, ratio); blank cells for missing / nan values.
@@ -111,39 +137,68 @@ _MD_FORMATS = (".4f", "+.2f", ".1f", ".2f")
 _CSV_FORMATS = (".6g",) * 4
 
 
-def _cells(row: Row, metric_keys: Sequence[str], formats: Sequence[str]) -> list[str]:
-    def num(v, f):
-        return "" if v is None or not math.isfinite(v) else format(v, f)
+def _num(v, f) -> str:
+    return "" if v is None or not math.isfinite(v) else format(v, f)
 
-    return [row.method, *(num(row.metrics.get(k), formats[0]) for k in metric_keys),
-            num(row.delta_m, formats[1]), num(row.step_ms, formats[2]),
-            num(row.time_vs_base, formats[3])]
+
+def _cells(row: Row, metric_keys: Sequence[str], formats: Sequence[str],
+           with_std: bool = False) -> list[str]:
+    tail = [_num(row.step_ms, formats[2]), _num(row.time_vs_base, formats[3])]
+    if not with_std:
+        return [row.method, *(_num(row.metrics.get(k), formats[0]) for k in metric_keys),
+                _num(row.delta_m, formats[1]), *tail]
+    pairs = [(row.metrics.get(k), row.metrics_std.get(k), formats[0]) for k in metric_keys]
+    return [row.method, str(row.seeds),
+            *(c for v, sd, f in pairs for c in (_num(v, f), _num(sd, f))),
+            _num(row.delta_m, formats[1]), _num(row.delta_m_std, formats[0]), *tail]
+
+
+def _md_cell(v, sd, f) -> str:
+    """'mean ± std' (std over seeds) or 'mean'."""
+    text = _num(v, f)
+    return f"{text} ± {_num(sd, f.lstrip('+'))}" if text and sd is not None and math.isfinite(sd) \
+        else text
 
 
 def format_table(rows: Sequence[Row], metric_keys: Sequence[str]) -> str:
-    """A Markdown table: one row per method, the columns of `columns(metric_keys)`."""
+    """A Markdown table: one row per method, the columns of `columns(metric_keys)`; with
+    several seeds a 'seeds' column, and each mean shown as 'mean ± std'."""
+    with_std = any(r.seeds > 1 for r in rows)
     head = columns(metric_keys)
+    if with_std:
+        head = ["method", "seeds", *head[1:]]
     lines = ["| " + " | ".join(head) + " |",
              "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
-    lines += ["| " + " | ".join(_cells(r, metric_keys, _MD_FORMATS)) + " |" for r in rows]
+    for r in rows:
+        if with_std:
+            f = _MD_FORMATS
+            cells = [r.method, str(r.seeds),
+                     *(_md_cell(r.metrics.get(k), r.metrics_std.get(k), f[0])
+                       for k in metric_keys),
+                     _md_cell(r.delta_m, r.delta_m_std, f[1]), _num(r.step_ms, f[2]),
+                     _num(r.time_vs_base, f[3])]
+        else:
+            cells = _cells(r, metric_keys, _MD_FORMATS)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def format_csv(rows: Sequence[Row], metric_keys: Sequence[str]) -> str:
-    """The same table as CSV (full precision for the metrics)."""
+    """The same table as CSV (full precision; with several seeds, ``_std`` columns)."""
+    with_std = any(r.seeds > 1 for r in rows)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns(metric_keys))
+    w.writerow(columns(metric_keys, with_std))
     for r in rows:
-        w.writerow(_cells(r, metric_keys, _CSV_FORMATS))
+        w.writerow(_cells(r, metric_keys, _CSV_FORMATS, with_std))
     return buf.getvalue()
 
 
 def write_tables(workdir: str, rows: Sequence[Row], metric_keys: Sequence[str],
-                 notes: str = "") -> tuple[str, str]:
-    """Writes `<workdir>/delta_m.md` (notes, then the table) and `delta_m.csv`; returns paths."""
+                 notes: str = "", name: str = "delta_m") -> tuple[str, str]:
+    """Writes `<workdir>/<name>.md` (notes, then the table) and `<name>.csv`; returns paths."""
     os.makedirs(workdir, exist_ok=True)
-    md, csv_path = os.path.join(workdir, "delta_m.md"), os.path.join(workdir, "delta_m.csv")
+    md, csv_path = os.path.join(workdir, f"{name}.md"), os.path.join(workdir, f"{name}.csv")
     with open(md, "w") as f:
         f.write((notes.rstrip() + "\n\n" if notes else "") + format_table(rows, metric_keys)
                 + "\n")
@@ -283,22 +338,52 @@ def primary_metrics(tasks: Sequence[str], reference: Mapping[str, float]) -> dic
     return out
 
 
-def build_rows(tasks: Sequence[str], single: Mapping[str, tuple[dict, float]],
-               multi: Mapping[str, tuple[dict, float]]) -> tuple[list[Row], list[str], dict]:
+def _seeds(runs) -> list[tuple[dict, float]]:
+    """One (eval, step s) or a list of them, one per seed -> the list."""
+    return [runs] if isinstance(runs, tuple) else list(runs)
+
+
+def _mean_metrics(evals: Sequence[Mapping[str, float]], keep=lambda k: True):
+    """Per key present in every eval: (means, stds) over the evals."""
+    keys = [k for k in evals[0] if keep(k) and all(k in e for e in evals)]
+    stats = {k: mean_std([e[k] for e in evals]) for k in keys}
+    return {k: m for k, (m, _) in stats.items()}, {k: sd for k, (_, sd) in stats.items()}
+
+
+def build_rows(tasks: Sequence[str], single: Mapping, multi: Mapping
+               ) -> tuple[list[Row], list[str], dict]:
     """Rows (reference first), the metric columns and the Δm metrics.
 
     Args:
       tasks: the task names.
-      single: task -> (its single-task final eval '<task>/<metric>' -> value, step s).
-      multi: strategy -> (final eval, step s).
+      single: task -> (its single-task final eval '<task>/<metric>' -> value, step s), or
+        a list of those, one per seed.
+      multi: method -> (final eval, step s), or a list of them, one per seed.
+
+    With several seeds, each metric is the mean over seeds (± the sample std); the
+    reference is the mean of each task's single-task seeds, and a method's Δm is the mean
+    (± std) over its seeds of each seed's Δm against that reference.
     """
-    reference = {k: v for t in tasks for k, v in single[t][0].items() if k.startswith(t + "/")}
+    per_task = {t: _seeds(single[t]) for t in tasks}
+    reference, ref_std = {}, {}
+    for t in tasks:
+        m, sd = _mean_metrics([e for e, _ in per_task[t]], lambda k, t=t: k.startswith(t + "/"))
+        reference.update(m)
+        ref_std.update(sd)
     used = primary_metrics(tasks, reference)
+    ref_seeds = max(len(v) for v in per_task.values())
     rows = [Row(REFERENCE, reference, 0.0 if used else math.nan,
-                1e3 * sum(single[t][1] for t in tasks))]
-    for name, (metrics, seconds) in multi.items():
-        dm = delta_m(metrics, reference, used) if used else math.nan
-        rows.append(Row(name, dict(metrics), dm, 1e3 * seconds))
+                1e3 * sum(statistics.fmean(s for _, s in per_task[t]) for t in tasks),
+                metrics_std=ref_std if ref_seeds > 1 else {}, seeds=ref_seeds)]
+    for name, runs in multi.items():
+        runs = _seeds(runs)
+        evals = [e for e, _ in runs]
+        means, stds = _mean_metrics(evals)
+        dm, dm_std = (mean_std([delta_m(e, reference, used) for e in evals]) if used
+                      else (math.nan, math.nan))
+        rows.append(Row(name, means, dm, 1e3 * statistics.fmean(s for _, s in runs),
+                        metrics_std=stds if len(runs) > 1 else {}, delta_m_std=dm_std,
+                        seeds=len(runs)))
     base = next((r.step_ms for r in rows if r.method == BASE_STRATEGY), math.nan)
     for r in rows:
         r.time_vs_base = r.step_ms / base if base > 0 else math.nan
@@ -307,17 +392,37 @@ def build_rows(tasks: Sequence[str], single: Mapping[str, tuple[dict, float]],
     return rows, keys, used
 
 
-def notes(config, tasks: Sequence[str], steps: int, used: Mapping[str, bool]) -> str:
+def notes(config, tasks: Sequence[str], steps: int, used: Mapping[str, bool],
+          budget: str = "A", seeds: Sequence[int] = ()) -> str:
     """The Markdown text above the table: what was compared and how."""
     left_out = [t for t in tasks if not any(k.startswith(t + "/") for k in used)]
     sampled = any(config.tasks[t].get("objective", "diffusion") == "diffusion" for t in tasks)
+    if budget == "A":
+        budget_text = (
+            f"**Budget A, equal steps per model**: every model trains {steps} steps at global "
+            f"batch {config.batch_size}. A single-task model spends the whole batch on its "
+            "task, so it sees about T x the examples of its task that the multi-task model "
+            "does (which splits each batch among the tasks by their mixture weights), and the "
+            "T specialists together cost T x its compute.")
+    else:
+        per_task = ", ".join(f"{t} {budget_b_steps(config, t, steps)}" for t in tasks)
+        budget_text = (
+            f"**Budget B, equal examples per task**: the multi-task models train {steps} steps "
+            f"at global batch {config.batch_size}; each specialist trains as many steps as "
+            f"its task's share of those batches ({per_task}), so it sees as many examples of "
+            "its task and the T specialists together cost what one multi-task model costs.")
+    seed_text = ""
+    if len(seeds) > 1:
+        seed_text = (f" Seeds {', '.join(map(str, seeds))} (`seed`: initialisation, data "
+                     "order, task assignment and evaluation noise) for the rows whose `seeds` "
+                     "column says so, the first only for the others; a cell is the mean ± "
+                     "sample std over seeds; each seed's Δm is taken against the mean of the "
+                     "single-task seeds.")
     lines = [
         "# Δm: multi-task weighting strategies vs. single-task models",
         "",
-        f"Tasks: {', '.join(tasks)}; dataset `{config.dataset.name}`; every model trains "
-        f"{steps} steps at global batch {config.batch_size}. A single-task model spends the "
-        "whole batch on its task; a multi-task model splits each batch among the tasks by "
-        "their mixture weights (about 1/T of the examples per task, one network instead of T).",
+        f"Tasks: {', '.join(tasks)}; dataset `{config.dataset.name}`. " + budget_text
+        + seed_text + " `ew-w<W>`: an `ew` model of width W (the equal-parameter row).",
         "",
         "Δm (Maninis et al., 2019) = 100/T Σ_t (-1)^{l_t} (M_mtl,t − M_single,t) / M_single,t, "
         "l_t = 1 where lower is better; **Δm > 0 is better than single-task**. Metrics in Δm: "
@@ -336,22 +441,53 @@ def notes(config, tasks: Sequence[str], steps: int, used: Mapping[str, bool]) ->
     return "\n".join(lines)
 
 
+BUDGETS = ("A", "B")
+
+
+def run_name(base: str, seed: int, first_seed: int) -> str:
+    """A run's sub-workdir: ``base`` for the first seed (the one-seed layout of earlier
+    tables, so their finished runs are reused), ``base_seed<s>`` for the others."""
+    return base if seed == first_seed else f"{base}_seed{seed}"
+
+
+def budget_b_steps(config, task: str, steps: int) -> int:
+    """Budget B: a specialist sees as many examples of its task as the multi-task model
+    (``steps`` x its share of each batch, i.e. steps / T with equal mixture weights), so
+    the T specialists together cost what the one multi-task model costs."""
+    names = task_names(config)
+    weights = {t: float((config.tasks.get(t) or {}).get("weight", 1.0)) for t in names}
+    return max(1, round(steps * weights[task] / sum(weights.values())))
+
+
 def run_experiment(config: ml_collections.ConfigDict, workdir: str,
                    strategies: str | Sequence[str], *, steps: int | None = None,
+                   seeds: Sequence[int] | None = None, seeded: Sequence[str] = (),
+                   budgets: Sequence[str] = ("A",), equal_params_width: int | None = None,
                    train_fn: Callable | None = None, eval_fn: Callable | None = None
-                   ) -> list[Row]:
-    """Trains or reuses every run, writes delta_m.md / delta_m.csv; returns the rows.
+                   ) -> dict[str, list[Row]]:
+    """Trains or reuses every run, writes the tables; returns each budget's rows.
 
     Args:
       config: the base config (its task list, data, model, optimiser, eval settings).
-      workdir: holds `single_<task>/`, `mtl_<strategy>/` and the tables.
+      workdir: holds `single_<task>[_B][_seed<s>]/`, `mtl_<strategy>[_seed<s>]/` and the
+        tables: `delta_m.md` / `.csv` (budget A), `delta_m_B.md` / `.csv` (budget B).
       strategies: 'ew,famo,...' or a sequence of names.
-      steps: train steps of every model (default: config.num_train_steps).
+      steps: train steps of the multi-task models (default: config.num_train_steps).
+      seeds: config seeds (default: config.seed only). The single-task models, the
+        equal-parameter row and the strategies in ``seeded`` run every seed; the other
+        strategies the first one (their rows say ``seeds`` = 1).
+      seeded: strategies (of ``strategies``) that run every seed.
+      budgets: 'A' (every specialist trains ``steps`` steps: K x the compute of the
+        multi-task model) and/or 'B' (each trains ``budget_b_steps``: equal examples per
+        task, equal total compute).
+      equal_params_width: adds the row ``ew-w<W>``: one `ew` model of width W (as many
+        parameters as the specialists together, e.g. 32 against four width-16 models).
       train_fn: (config, workdir) -> anything; default `train.train_and_evaluate`.
       eval_fn: (workdir, step=) -> anything; default `cli.eval_workdir`.
 
     Raises:
-      ValueError: a bad strategy, hyperparameter or task list, before anything trains.
+      ValueError: a bad strategy, hyperparameter, seed list, budget or task list, before
+        anything trains.
     """
     tasks = task_names(config)
     if len(tasks) < 2:
@@ -360,21 +496,59 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
     steps = int(steps or config.num_train_steps)
     if steps < 1:
         raise ValueError(f"steps={steps} must be >= 1")
+    seeds = tuple(dict.fromkeys(int(x) for x in (seeds or (config.seed,))))
+    unknown = sorted(set(seeded) - set(names))
+    if unknown:
+        raise ValueError(f"--seeded names {unknown[0]!r}, which is not in --strategies "
+                         f"({', '.join(names)})")
+    budgets = tuple(dict.fromkeys(b.strip().upper() for b in budgets if b.strip()))
+    if not budgets or set(budgets) - set(BUDGETS):
+        raise ValueError(f"budgets={budgets}: use A (equal steps per model) and/or B (equal "
+                         "examples per task, equal total compute)")
+    if equal_params_width is not None and equal_params_width < 1:
+        raise ValueError(f"equal_params_width={equal_params_width} must be >= 1")
     if train_fn is None:
         from mtlgen_jax.train import train_and_evaluate as train_fn
     if eval_fn is None:
         from mtlgen_jax.cli import eval_workdir as eval_fn
-    runs = [(t, f"single_{t}", single_task_config(config, t, steps)) for t in tasks]
-    runs += [(s, f"mtl_{s}", multi_task_config(config, s, steps)) for s in names]
-    single, multi = {}, {}
-    for key, sub, cfg in runs:
+
+    def with_seed(cfg, seed):
+        cfg = cfg.copy_and_resolve_references()
+        cfg.seed = seed
+        return cfg
+
+    first = seeds[0]
+    plan = []  # (table key, method or task, sub-workdir, config)
+    for b in budgets:
+        for t in tasks:
+            t_steps = steps if b == "A" else budget_b_steps(config, t, steps)
+            base = f"single_{t}" if b == "A" else f"single_{t}_B"
+            plan += [(f"single_{b}", t, run_name(base, s, first),
+                      with_seed(single_task_config(config, t, t_steps), s)) for s in seeds]
+    for spec in names:
+        spec_seeds = seeds if spec in seeded else seeds[:1]
+        plan += [("multi", spec, run_name(f"mtl_{spec}", s, first),
+                  with_seed(multi_task_config(config, spec, steps), s)) for s in spec_seeds]
+    if equal_params_width is not None:
+        wide = multi_task_config(config, "ew", steps)
+        wide.model.width = int(equal_params_width)
+        method = f"ew-w{equal_params_width}"
+        plan += [("multi", method, run_name(f"mtl_{method}", s, first), with_seed(wide, s))
+                 for s in seeds]
+    found: dict[str, dict[str, list]] = {}
+    for table, key, sub, cfg in plan:
         path = os.path.join(workdir, sub)
         results = ensure_run(cfg, path, train_fn=train_fn, eval_fn=eval_fn)
-        out = single if sub.startswith("single_") else multi
-        out[key] = (results, step_seconds(path, cfg.batch_size))
-    rows, keys, used = build_rows(tasks, single, multi)
-    write_tables(workdir, rows, keys, notes(config, tasks, steps, used))
-    return rows
+        found.setdefault(table, {}).setdefault(key, []).append(
+            (results, step_seconds(path, cfg.batch_size)))
+    out = {}
+    for b in budgets:
+        rows, keys, used = build_rows(tasks, found[f"single_{b}"], found.get("multi", {}))
+        write_tables(workdir, rows, keys, notes(config, tasks, steps, used, budget=b,
+                                                seeds=seeds),
+                     name="delta_m" if b == "A" else f"delta_m_{b}")
+        out[b] = rows
+    return out
 
 
 def main(argv: Sequence[str]) -> None:
@@ -393,11 +567,19 @@ def main(argv: Sequence[str]) -> None:
     from mtlgen_jax import cpu_devices
 
     cpu_devices.configure(f.config)  # CPU hosts: one JAX device per core (see the module)
-    run_experiment(f.config, f.workdir, f.strategies, steps=f.steps)
-    path = os.path.join(f.workdir, "delta_m.md")
-    with open(path) as fh:
-        print(fh.read())
-    print(f"wrote {path} and delta_m.csv")
+    seeds = [int(x) for x in f.seeds.split(",") if x.strip()] if f.seeds else None
+    seeded = [x.strip() for x in f.seeded.split(",") if x.strip()]
+    try:
+        out = run_experiment(f.config, f.workdir, f.strategies, steps=f.steps, seeds=seeds,
+                             seeded=seeded, budgets=f.budgets.split(","),
+                             equal_params_width=f.equal_params_width)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    for b in out:
+        path = os.path.join(f.workdir, "delta_m.md" if b == "A" else f"delta_m_{b}.md")
+        with open(path) as fh:
+            print(fh.read())
+        print(f"wrote {path} and its .csv")
 
 
 def _cli() -> None:
@@ -410,6 +592,14 @@ def _cli() -> None:
                         "ew,uw,famo,pcgrad (see mtlgen_jax.weighting.NAMES).")
     flags.DEFINE_integer("steps", None, "Train steps of every model (default: the config's "
                          "num_train_steps).")
+    flags.DEFINE_string("seeds", None, "Comma-separated config seeds, e.g. 0,1,2 (default: "
+                        "the config's seed). Single-task models and the equal-parameter row "
+                        "run every seed; strategies only if named in --seeded.")
+    flags.DEFINE_string("seeded", "", "Strategies that run every seed, e.g. ew,famo.")
+    flags.DEFINE_string("budgets", "A", "A (equal steps per model) and/or B (equal examples "
+                        "per task = equal total compute), e.g. A,B.")
+    flags.DEFINE_integer("equal_params_width", None, "Adds an ew model of this width (as many "
+                         "parameters as the specialists together).")
     flags.mark_flags_as_required(["config", "workdir", "strategies"])
     app.run(main)
 
