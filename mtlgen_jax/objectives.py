@@ -37,8 +37,11 @@ starts exactly at ``b``. The network predicts ``x0_hat = x_t + h``. Sampling wal
 ``q(x_s | x_t, x0 = x0_hat)``: mean ``(1-s) x0_hat + s b + (s/t)(x_t - (1-t) x0_hat
 - t b)``, variance ``gamma^2 s (t - s) / t``. One step returns ``x0_hat(b, t = 1)``
 -- the regression estimate, the fidelity operating point; more steps add detail
-(and, with gamma > 0, stochasticity). InDI over I2SB (Liu et al. 2023): I2SB's
-bridge has the same form but a noise schedule tied to a pretrained diffusion
+(and, with gamma > 0, stochasticity). Training draws t ~ U(0, 1], so the one-step
+estimate (t = 1) gets no more training than any other time; ``endpoint_fraction`` of a
+task's examples are drawn at t = 1 instead, to keep the fidelity point as well trained
+as a one-pass regression while the rest train the later steps. InDI over I2SB (Liu et
+al. 2023): I2SB's bridge has the same form but a noise schedule tied to a pretrained diffusion
 model's, and its network predicts the noise; InDI's direct x0 prediction makes
 the one-step case exactly the residual regression a small CPU budget trains best,
 and its posterior step needs no schedule beyond gamma.

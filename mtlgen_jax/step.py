@@ -106,8 +106,14 @@ def make_inputs(comp: Components, x0, labels, task_id, keys, *, train: bool):
     ])
     t = jax.vmap(lambda k: diffusion.sample_time(k, 1, discrete_steps=comp.discrete_steps)[0])(k_t)
     eps = jax.vmap(lambda k: jax.random.normal(k, x0.shape[1:], x0.dtype))(k_eps)
+    # A bridge task's endpoint_fraction of its examples train its one-step estimate (t = 1).
+    u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 1)))(k_t)
+
+    def task_time(task):
+        return jnp.where(u < task.endpoint_fraction, 1.0, t) if task.endpoint_fraction else t
+
     inputs = select(task_id, [
-        objectives.train_inputs(task, x0, c, eps, t, schedule=comp.schedule,
+        objectives.train_inputs(task, x0, c, eps, task_time(task), schedule=comp.schedule,
                                 prediction=comp.prediction)
         for task, c in zip(comp.tasks, conds)])
     return cond, inputs, mask, model_labels

@@ -134,3 +134,37 @@ def test_loss_scores_only_what_the_condition_leaves_open():
 
     np.testing.assert_allclose(losses(True, 0.0), losses(True, 0.5), rtol=1e-5)
     assert np.all(losses(False, 0.5) > 1.1 * losses(False, 0.0))
+
+
+def test_endpoint_fraction_trains_the_one_step_estimate_on_that_share_of_examples():
+    """endpoint_fraction = f: about f of a bridge task's examples get t = 1 (the model's
+    input is then the start itself), the rest keep the times f = 0 draws, unchanged."""
+    def inputs(fraction):
+        cfg = default.get_config("tiny")
+        cfg.tasks.names = "super_resolve,denoise"
+        cfg.tasks.super_resolve = dict(cfg.tasks.super_resolve, objective="bridge",
+                                       residual=False, endpoint_fraction=fraction)
+        comp = components.build(cfg, INFO)
+        b = 512
+        x0 = jax.random.uniform(jax.random.key(0), (b, 16, 16, 3), minval=-0.9, maxval=0.9)
+        task_id = jnp.asarray([0, 1] * (b // 2))
+        keys = jax.vmap(lambda k: jax.random.split(k, 4))(jax.random.split(jax.random.key(1), b))
+        cond, inp, _, _ = step.make_inputs(comp, x0, jnp.zeros(b, jnp.int32), task_id, keys,
+                                           train=True)
+        return comp, cond, inp, np.asarray(task_id)
+
+    _, _, before, task_id = inputs(0.0)
+    comp, cond, after, _ = inputs(0.4)
+    t0, t1 = np.asarray(before.t), np.asarray(after.t)
+    sr = task_id == 0
+    at_end = sr & (t1 == 1.0)
+    assert 0.3 < at_end.sum() / sr.sum() < 0.5  # about 0.4 of the 256 examples
+    np.testing.assert_array_equal(t1[~at_end], t0[~at_end])  # the others: the same draws
+    np.testing.assert_array_equal(t1[~sr], t0[~sr])  # the other task is untouched
+    start = comp.tasks[0].start(cond)
+    np.testing.assert_allclose(after.x_t[at_end], start[at_end], atol=1e-6)  # x_1 = b
+    with pytest.raises(ValueError, match="endpoint_fraction=0.5 draws bridge times"):
+        default_cfg = default.get_config("tiny")
+        default_cfg.tasks.names = "inpaint"
+        default_cfg.tasks.inpaint = dict(default_cfg.tasks.inpaint, endpoint_fraction=0.5)
+        components.build(default_cfg, INFO)

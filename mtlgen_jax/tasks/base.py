@@ -52,6 +52,10 @@ class Task:
         the baseline). Restoration tasks only.
       bridge_noise: the bridge's noise scale gamma (``objective='bridge'``): the noise
         of ``x_t`` is ``gamma sqrt(t (1 - t))``, zero at both ends.
+      endpoint_fraction: the bridge's training examples drawn at t = 1 (the network sees
+        the start alone: its output there is the one-step estimate, the fidelity
+        operating point) instead of t ~ U(0, 1]; the others train the later steps. 0
+        (what runs before the option did): every t uniform. ``objective='bridge'`` only.
       consistent: keep every clean-image estimate consistent with the condition: the
         task's ``project`` (inpainting: the known pixels pasted back; super-resolution:
         each factor x factor block's mean equal to its low-resolution pixel;
@@ -98,6 +102,7 @@ class Task:
         residual: bool = False,
         bridge_noise: float = 0.2,
         consistent: bool | None = None,
+        endpoint_fraction: float = 0.0,
         **params: Any,
     ):
         if weight <= 0:
@@ -125,6 +130,14 @@ class Task:
                              "task's start: use it with residual=True or objective='bridge'.")
         if not bridge_noise >= 0:
             raise ValueError(f"tasks.{self.name}.bridge_noise={bridge_noise} must be >= 0.")
+        if not 0.0 <= endpoint_fraction <= 1.0:
+            raise ValueError(f"tasks.{self.name}.endpoint_fraction={endpoint_fraction} must be "
+                             "in [0, 1].")
+        if endpoint_fraction and objective != "bridge":
+            raise ValueError(f"tasks.{self.name}.endpoint_fraction={endpoint_fraction} draws "
+                             "bridge times; with objective={objective!r} drop it (or use "
+                             "objective='bridge').".replace("{objective!r}", repr(objective)))
+        self.endpoint_fraction = float(endpoint_fraction)
         self.residual = bool(residual)
         self.consistent = bool(self.consistent_default if consistent is None else consistent)
         self.bridge_noise = float(bridge_noise)
@@ -142,7 +155,7 @@ class Task:
             raise ValueError(
                 f"tasks.{self.name} got unknown parameter(s) {unknown}; "
                 f"{self.name} takes {sorted(accepted) or 'none'} besides weight, objective, loss, "
-                "residual, bridge_noise, consistent."
+                "residual, bridge_noise, consistent, endpoint_fraction."
             )
         self.configure(**params)
 
