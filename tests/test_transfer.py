@@ -79,10 +79,12 @@ def test_shape_mismatch_and_bad_source_are_refused(source, tmp_path):
 def test_transfer_experiment_configs_and_steps_to_reach():
     from mtlgen_jax.experiments import transfer
 
-    cfgs = transfer.run_configs(default.get_config(), "colorize", 250)
+    base = default.get_config()
+    cfgs = transfer.run_configs(base, "colorize", 250)
     assert cfgs["source"].tasks.names == "denoise,inpaint,super_resolve"
     assert cfgs["scratch"].tasks.names == cfgs["transfer"].tasks.names == "colorize"
-    assert cfgs["scratch"].eval_every_steps == 250 and cfgs["source"].eval_every_steps == 1500
+    assert cfgs["scratch"].eval_every_steps == 250
+    assert cfgs["source"].eval_every_steps == base.eval_every_steps  # the config's own
     points = [(250, 17.0), (500, 18.2), (750, 19.1), (1000, 18.9)]
     assert transfer.steps_to_reach(points, 19.0) == 750
     assert transfer.steps_to_reach(points, 19.5) is None
