@@ -23,7 +23,7 @@ from mtlgen_jax import components, data, ensemble, evaluate, parallel
 from mtlgen_jax import workdir as workdir_lib
 from mtlgen_jax.checkpoint import FORMAT_VERSION, Checkpointer
 from mtlgen_jax.images import to_float, to_uint8
-from mtlgen_jax.sampling import Sampler, check_self_ensemble
+from mtlgen_jax.sampling import Sampler, self_ensemble_for
 from mtlgen_jax.tasks import Condition
 
 
@@ -127,11 +127,7 @@ class Run:
         return self._par.gather(to_uint8(out), rows)
 
     def _self_ensemble(self, task, requested: bool | None) -> bool:
-        """``requested``, or the config's ``eval.self_ensemble`` for a restoration task."""
-        if requested is None:
-            return task.has_condition and bool(self.config.eval.get("self_ensemble", False))
-        check_self_ensemble(task, requested)
-        return bool(requested)
+        return self_ensemble_for(task, self.config.eval, requested)
 
     def evaluate(self, split: str = "test", num_batches: int = 4,
                  steps: int | None = None) -> dict[str, float]:

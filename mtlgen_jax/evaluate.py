@@ -23,6 +23,7 @@ from PIL import Image
 
 from mtlgen_jax import data, metrics, parallel
 from mtlgen_jax.images import to_float, to_uint8
+from mtlgen_jax.sampling import self_ensemble_for
 from mtlgen_jax.step import per_example
 
 DIVERSITY_CONDITIONS = 4  # conditions per ill-posed task whose samples are compared
@@ -69,9 +70,9 @@ def evaluate(comp, sampler, params, config, *, num_batches: int,
         k_rng = jax.random.fold_in(rng, k)
         degrade = jax.jit(functools.partial(per_row, task.degrade))
         degrade_info = jax.jit(functools.partial(per_row, task.degrade_info))  # once per task
-        task_kw = dict(kw, guidance=ev.guidance) if task.class_conditional else dict(kw)
-        if task.has_condition:
-            task_kw["self_ensemble"] = bool(ev.get("self_ensemble", False))
+        task_kw = dict(kw, self_ensemble=self_ensemble_for(task, ev))
+        if task.class_conditional:
+            task_kw["guidance"] = ev.guidance
         scores: dict[str, list] = {}
         outputs, labels_seen, grid = [], [], None
         for i, host_batch in enumerate(batches):

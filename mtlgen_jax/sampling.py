@@ -80,6 +80,15 @@ class Sampler:
                                  eta=eta)
 
 
+def self_ensemble_for(task, eval_config, requested: bool | None = None) -> bool:
+    """Whether ``task``'s outputs are self-ensembled: ``requested`` (checked), else the
+    config's ``eval.self_ensemble`` for a task with a condition image."""
+    if requested is None:
+        return task.has_condition and bool(eval_config.get("self_ensemble", False))
+    check_self_ensemble(task, requested)
+    return bool(requested)
+
+
 def check_self_ensemble(task, self_ensemble: bool) -> None:
     """Refuses a self-ensemble of a task without a condition image, naming the fix."""
     if self_ensemble and not task.has_condition:

@@ -135,8 +135,8 @@ class Task:
                              "in [0, 1].")
         if endpoint_fraction and objective != "bridge":
             raise ValueError(f"tasks.{self.name}.endpoint_fraction={endpoint_fraction} draws "
-                             "bridge times; with objective={objective!r} drop it (or use "
-                             "objective='bridge').".replace("{objective!r}", repr(objective)))
+                             f"bridge times; with objective={objective!r} drop it (or use "
+                             "objective='bridge').")
         self.endpoint_fraction = float(endpoint_fraction)
         self.residual = bool(residual)
         self.consistent = bool(self.consistent_default if consistent is None else consistent)
