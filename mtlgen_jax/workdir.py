@@ -105,6 +105,7 @@ ADDED_KEYS = {
     "model.task_film": False,
     "model.task_lora_rank": 0,
     "eval.self_ensemble": False,
+    "tasks.inpaint.fill": "harmonic",
 }
 
 

@@ -49,9 +49,13 @@ def test_every_key_added_since_the_first_release_has_a_backfill_default():
     for key, value in workdir.ADDED_KEYS.items():
         if key.startswith("tasks."):
             # A task parameter: the backfill is what a task did before the key existed,
-            # i.e. its constructor's default (the config's default may since have changed).
-            param = key.rsplit(".", 1)[1]
-            default_value = inspect.signature(tasks.Task.__init__).parameters[param].default
+            # i.e. its constructor's (or its own configure's) default (the config's default
+            # may since have changed).
+            _, name, param = key.split(".")
+            signature = inspect.signature(tasks.Task.__init__).parameters
+            if param not in signature:
+                signature = inspect.signature(tasks.get_class(name).configure).parameters
+            default_value = signature[param].default
             assert value == default_value, key
         elif key in DEFAULT_CHANGED:
             assert current[key] != value, key  # listed here only while they differ
