@@ -33,7 +33,8 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
 flags.DEFINE_integer("sample_num", 16, "--mode sample: images per task.")
-flags.DEFINE_integer("sample_steps", 50, "--mode sample: sampler steps.")
+flags.DEFINE_integer("sample_steps", None, "--mode sample: sampler steps (default: the "
+                     "run's eval.sample_steps).")
 flags.DEFINE_integer("step", None, "--mode eval|sample|restore: checkpoint step (default: "
                      "latest).")
 flags.DEFINE_string("task", None, "--mode restore: the task to apply.")

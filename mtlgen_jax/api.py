@@ -78,8 +78,8 @@ class Run:
 
     def sample(self, task: str, condition: Condition | None = None, labels=None,
                num_samples: int | None = None, rng: jax.Array | None = None, *,
-               steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
-               guidance: float = 1.0, self_ensemble: bool | None = None) -> np.ndarray:
+               steps: int | None = None, sampler: str | None = None, eta: float | None = None,
+               guidance: float | None = None, self_ensemble: bool | None = None) -> np.ndarray:
         """Samples ``task``'s outputs: uint8 [N, H, W, C].
 
         Args:
@@ -88,8 +88,11 @@ class Run:
           labels: int class labels [N] (class-conditional generation).
           num_samples: N for unconditional generation.
           rng: a ``jax.random.key``; sampling is deterministic given it.
-          steps: sampler steps; sampler: 'ddim' or 'ddpm'; eta: DDIM stochasticity.
-          guidance: classifier-free guidance scale (1 = none, 0 = unconditional).
+          steps: sampler steps; sampler: 'ddim' or 'ddpm'; eta: DDIM stochasticity
+            (defaults: the run's evaluation settings, ``eval.sample_steps``,
+            ``diffusion.sampler``, ``diffusion.eta``: what its metrics were measured at).
+          guidance: classifier-free guidance scale (1 = none, 0 = unconditional;
+            default: ``eval.guidance``).
           self_ensemble: average over the 8 flips and rotations of each condition
             (``mtlgen_jax.ensemble``); default: the run's ``eval.self_ensemble`` for
             restoration tasks.
@@ -97,6 +100,11 @@ class Run:
         t = self._task(task)
         self_ensemble = self._self_ensemble(t, self_ensemble)
         rng = jax.random.key(0) if rng is None else rng
+        cfg = self.config
+        steps = int(cfg.eval.sample_steps if steps is None else steps)
+        sampler = cfg.diffusion.sampler if sampler is None else sampler
+        eta = float(cfg.diffusion.eta if eta is None else eta)
+        guidance = float(cfg.eval.guidance if guidance is None else guidance)
         s, c = self.info.image_size, self.info.channels
         if labels is not None:
             labels = np.asarray(labels, np.int32).reshape(-1)

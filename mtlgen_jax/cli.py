@@ -44,8 +44,9 @@ def eval_workdir(workdir: str, *, step: int | None = None,
 
 
 def sample_workdir(workdir: str, *, step: int | None = None, num: int = 16,
-                   steps: int = 50, overrides: dict | None = None) -> list[str]:
-    """Writes ``samples/<task>_sample_step<N>.png`` grids for every task of a workdir."""
+                   steps: int | None = None, overrides: dict | None = None) -> list[str]:
+    """Writes ``samples/<task>_sample_step<N>.png`` grids for every task of a workdir
+    (``steps`` sampler steps; default: the run's ``eval.sample_steps``)."""
     from mtlgen_jax import data
 
     run = _restore(workdir, step, overrides, "sample")
@@ -63,7 +64,7 @@ def sample_workdir(workdir: str, *, step: int | None = None, num: int = 16,
         else:
             nc = run.info.num_classes
             kw = {"labels": np.arange(num) % nc} if t.class_conditional else {"num_samples": num}
-            out = run.sample(t.name, rng=rng, steps=steps, guidance=run.config.eval.guidance, **kw)
+            out = run.sample(t.name, rng=rng, steps=steps, **kw)
             cond = np.zeros_like(to_float(batch["image"]))
         path = os.path.join(workdir, "samples", f"{t.name}_sample_step{run.step}.png")
         evaluate.save_grid(path, cond, to_float(out), to_float(batch["image"]),

@@ -63,6 +63,11 @@ def test_sample_shapes_and_determinism(run):
     chex.assert_shape(a, (4, 8, 8, 1))
     assert a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
+    # Without steps/sampler/eta: the run's evaluation settings (what its metrics measured).
+    steps, ev = run.config.eval.sample_steps, run.config.diffusion
+    at_eval = run.sample("inpaint", condition=cond, rng=key, steps=steps, sampler=ev.sampler,
+                         eta=ev.eta)
+    np.testing.assert_array_equal(run.sample("inpaint", condition=cond, rng=key), at_eval)
     known = np.asarray(cond.mask[..., 0]) > 0
     np.testing.assert_array_equal(a[..., 0][known], images[..., 0][known])  # pasted back
     g = run.sample("generate", labels=np.arange(3), rng=key, steps=2)
