@@ -16,7 +16,7 @@ from mtlgen_jax import api, cli, components, parallel, tiling, train
 from mtlgen_jax import workdir as workdir_lib
 from mtlgen_jax.data import DatasetInfo
 from mtlgen_jax.images import to_float, to_uint8
-from mtlgen_jax.tasks.inpaint import smooth_fill
+from mtlgen_jax.tasks.inpaint import FILLS, smooth_fill
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = "denoise,inpaint,super_resolve,colorize"
@@ -79,9 +79,12 @@ def test_inpainting_keeps_every_known_pixel_and_fills_a_hole_larger_than_a_tile(
     assert out[mask].std() > 0  # the hole is filled by the model, not left black
     # Residual prediction with a zero head returns the task's start: the smooth fill of
     # the WHOLE image (coarse to fine), not a fill of each tile on its own.
-    zero = fresh_run().restore_image("inpaint", img, mask=mask)
+    zero_run = fresh_run()
+    zero = zero_run.restore_image("inpaint", img, mask=mask)
     known = jnp.asarray(~mask[None, ..., None], jnp.float32)
-    whole = smooth_fill(to_float(jnp.asarray(img))[None] * known, known)
+    fill = zero_run.config.tasks.inpaint["fill"]  # the default's: 'biharmonic'
+    whole = smooth_fill(to_float(jnp.asarray(img))[None] * known, known,
+                        biharmonic_iters=FILLS[fill])
     np.testing.assert_allclose(zero.astype(np.float32), np.asarray(to_uint8(whole))[0], atol=1)
 
 
