@@ -92,7 +92,7 @@ class Run:
             (defaults: the run's evaluation settings, ``eval.sample_steps``,
             ``diffusion.sampler``, ``diffusion.eta``: what its metrics were measured at).
           guidance: classifier-free guidance scale (1 = none, 0 = unconditional;
-            default: ``eval.guidance``).
+            default: ``eval.guidance`` for class-conditional generation, else 1).
           self_ensemble: average over the 8 flips and rotations of each condition
             (``mtlgen_jax.ensemble``); default: the run's ``eval.self_ensemble`` for
             restoration tasks.
@@ -104,7 +104,9 @@ class Run:
         steps = int(cfg.eval.sample_steps if steps is None else steps)
         sampler = cfg.diffusion.sampler if sampler is None else sampler
         eta = float(cfg.diffusion.eta if eta is None else eta)
-        guidance = float(cfg.eval.guidance if guidance is None else guidance)
+        if guidance is None:  # as evaluation: only class-conditional tasks are guided
+            guidance = cfg.eval.guidance if t.class_conditional else 1.0
+        guidance = float(guidance)
         s, c = self.info.image_size, self.info.channels
         if labels is not None:
             labels = np.asarray(labels, np.int32).reshape(-1)
