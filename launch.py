@@ -34,7 +34,7 @@ flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
 flags.DEFINE_integer("sample_num", 16, "--mode sample: images per task.")
 flags.DEFINE_integer("sample_steps", None, "--mode sample: sampler steps (default: the "
-                     "run's eval.sample_steps).")
+                     "run's: each task's sample_steps, else eval.sample_steps).")
 flags.DEFINE_integer("step", None, "--mode eval|sample|restore: checkpoint step (default: "
                      "latest).")
 flags.DEFINE_string("task", None, "--mode restore: the task to apply.")
@@ -42,8 +42,8 @@ flags.DEFINE_string("input", None, "--mode restore: the photo to restore (for su
                     "the low-resolution photo).")
 flags.DEFINE_string("output", None, "--mode restore: where to write the result (an image file).")
 flags.DEFINE_string("mask", None, "--mode restore, inpaint: the hole (white = missing).")
-flags.DEFINE_integer("steps", None, "--mode restore: sampler steps (default: the run's "
-                     "eval.sample_steps).")
+flags.DEFINE_integer("steps", None, "--mode restore: sampler steps (default: the run's: "
+                     "the task's sample_steps, else eval.sample_steps).")
 flags.mark_flags_as_required(["workdir"])
 
 

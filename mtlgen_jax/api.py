@@ -23,7 +23,7 @@ from mtlgen_jax import components, data, ensemble, evaluate, parallel
 from mtlgen_jax import workdir as workdir_lib
 from mtlgen_jax.checkpoint import FORMAT_VERSION, Checkpointer
 from mtlgen_jax.images import to_float, to_uint8
-from mtlgen_jax.sampling import Sampler, self_ensemble_for
+from mtlgen_jax.sampling import Sampler, settings_for
 from mtlgen_jax.tasks import Condition
 
 
@@ -89,8 +89,9 @@ class Run:
           num_samples: N for unconditional generation.
           rng: a ``jax.random.key``; sampling is deterministic given it.
           steps: sampler steps; sampler: 'ddim' or 'ddpm'; eta: DDIM stochasticity
-            (defaults: the run's evaluation settings, ``eval.sample_steps``,
-            ``diffusion.sampler``, ``diffusion.eta``: what its metrics were measured at).
+            (defaults: the run's evaluation settings, what its metrics were measured
+            at: the task's ``sample_steps`` or ``eval.sample_steps``,
+            ``diffusion.sampler``, ``diffusion.eta``; ``sampling.settings_for``).
           guidance: classifier-free guidance scale (1 = none, 0 = unconditional;
             default: ``eval.guidance`` for class-conditional generation, else 1).
           self_ensemble: average over the 8 flips and rotations of each condition
@@ -98,15 +99,9 @@ class Run:
             restoration tasks.
         """
         t = self._task(task)
-        self_ensemble = self._self_ensemble(t, self_ensemble)
+        kw = settings_for(t, self.config, steps=steps, sampler=sampler, eta=eta,
+                          guidance=guidance, self_ensemble=self_ensemble)
         rng = jax.random.key(0) if rng is None else rng
-        cfg = self.config
-        steps = int(cfg.eval.sample_steps if steps is None else steps)
-        sampler = cfg.diffusion.sampler if sampler is None else sampler
-        eta = float(cfg.diffusion.eta if eta is None else eta)
-        if guidance is None:  # as evaluation: only class-conditional tasks are guided
-            guidance = cfg.eval.guidance if t.class_conditional else 1.0
-        guidance = float(guidance)
         s, c = self.info.image_size, self.info.channels
         if labels is not None:
             labels = np.asarray(labels, np.int32).reshape(-1)
@@ -131,23 +126,18 @@ class Run:
         if len(labels) != n:
             raise ValueError(f"{len(labels)} labels for {n} conditions.")
         (condition, labels), rows = self._par.shard_rows((condition, labels))
-        out = self._sampler(self.params, task, condition, labels, rng, steps=steps,
-                            sampler=sampler, eta=eta, guidance=guidance,
-                            self_ensemble=self_ensemble)
+        out = self._sampler(self.params, task, condition, labels, rng, **kw)
         return self._par.gather(to_uint8(out), rows)
-
-    def _self_ensemble(self, task, requested: bool | None) -> bool:
-        return self_ensemble_for(task, self.config.eval, requested)
 
     def evaluate(self, split: str = "test", num_batches: int = 4,
                  steps: int | None = None) -> dict[str, float]:
-        """Metrics of every task on ``num_batches`` batches of ``split``."""
+        """Metrics of every task on ``num_batches`` batches of ``split``, sampled at
+        ``steps`` (every task; default: each task's own evaluation step count)."""
         cfg = self.config.copy_and_resolve_references()
         cfg.dataset.test_split = split
-        if steps is not None:
-            cfg.eval.sample_steps = steps
         return evaluate.evaluate(self.comp, self._sampler, self.params, cfg,
-                                 num_batches=num_batches, par=self._par, step=self.step)
+                                 num_batches=num_batches, par=self._par, step=self.step,
+                                 steps=steps)
 
     def restore_image(self, task: str, image, mask=None, *, steps: int | None = None,
                       rng: jax.Array | None = None, sampler: str | None = None,
@@ -162,7 +152,8 @@ class Run:
             ``factor`` times larger), the photo with a hole (inpaint).
           mask: inpaint only: [H, W] bool (or uint8, nonzero) with True = missing pixel;
             every other pixel is kept exactly.
-          steps: sampler steps (default: ``config.eval.sample_steps``).
+          steps: sampler steps (default: the task's ``sample_steps`` or
+            ``config.eval.sample_steps``).
           rng: sampling key (default ``jax.random.key(0)``).
           sampler, eta: override ``config.diffusion.sampler`` / ``eta``.
           overlap: pixels shared by neighbouring tiles (default: a quarter tile).
@@ -179,14 +170,12 @@ class Run:
         x = self._check_photo(t, image)
         m = self._check_mask(t, mask, x)
         cond = t.condition(jnp.asarray(to_float(x)), None if m is None else jnp.asarray(m))
-        steps = int(steps or self.config.eval.sample_steps)
-        if steps < 1:
-            raise ValueError(f"steps={steps} must be >= 1.")
-        sampler = sampler or self.config.diffusion.sampler
-        eta = float(self.config.diffusion.eta if eta is None else eta)
+        kw = settings_for(t, self.config, steps=steps, sampler=sampler, eta=eta,
+                          self_ensemble=self_ensemble)
+        steps, sampler, eta, ensembled = (kw["steps"], kw["sampler"], kw["eta"],
+                                          kw["self_ensemble"])
         size = self.info.image_size
         overlap = size // 4 if overlap is None else int(overlap)
-        ensembled = self._self_ensemble(t, self_ensemble)
         rng = jax.random.key(0) if rng is None else rng
 
         def tiled(c):  # one compiled tiled restoration per image shape

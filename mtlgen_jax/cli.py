@@ -46,7 +46,7 @@ def eval_workdir(workdir: str, *, step: int | None = None,
 def sample_workdir(workdir: str, *, step: int | None = None, num: int = 16,
                    steps: int | None = None, overrides: dict | None = None) -> list[str]:
     """Writes ``samples/<task>_sample_step<N>.png`` grids for every task of a workdir
-    (``steps`` sampler steps; default: the run's ``eval.sample_steps``)."""
+    (``steps`` sampler steps; default: the run's, ``sampling.settings_for``)."""
     from mtlgen_jax import data
 
     run = _restore(workdir, step, overrides, "sample")

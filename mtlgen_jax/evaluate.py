@@ -21,9 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from mtlgen_jax import data, metrics, parallel
+from mtlgen_jax import data, metrics, parallel, sampling
 from mtlgen_jax.images import to_float, to_uint8
-from mtlgen_jax.sampling import self_ensemble_for
 from mtlgen_jax.step import per_example
 
 DIVERSITY_CONDITIONS = 4  # conditions per ill-posed task whose samples are compared
@@ -41,7 +40,7 @@ def per_row(fn, images: jax.Array, rng: jax.Array):
 
 def evaluate(comp, sampler, params, config, *, num_batches: int,
              par: parallel.Parallel | None = None, grid_dir: str | None = None,
-             step: int = 0) -> dict[str, float]:
+             step: int = 0, steps: int | None = None) -> dict[str, float]:
     """Evaluates every task on ``num_batches`` test batches; writes PNG grids.
 
     Args:
@@ -53,6 +52,8 @@ def evaluate(comp, sampler, params, config, *, num_batches: int,
       par: the devices to shard the batches over (default: all of them).
       grid_dir: if set, writes ``<grid_dir>/samples/<task>_step<step>.png``.
       step: the training step (names the PNG files).
+      steps: sampler steps for every task (default: each task's own ``sample_steps``,
+        else ``eval.sample_steps``; see ``sampling.settings_for``).
 
     Returns:
       ``{'eval/<task>/<metric>': value}``.
@@ -64,15 +65,12 @@ def evaluate(comp, sampler, params, config, *, num_batches: int,
                               seed=config.seed, shuffle=False, repeat=True)
     batches = [next(it) for _ in range(num_batches)]
     rng = jax.random.key(config.seed + 1)
-    kw = dict(steps=ev.sample_steps, sampler=config.diffusion.sampler, eta=config.diffusion.eta)
     results: dict[str, float] = {}
     for k, task in enumerate(comp.tasks):
         k_rng = jax.random.fold_in(rng, k)
         degrade = jax.jit(functools.partial(per_row, task.degrade))
         degrade_info = jax.jit(functools.partial(per_row, task.degrade_info))  # once per task
-        task_kw = dict(kw, self_ensemble=self_ensemble_for(task, ev))
-        if task.class_conditional:
-            task_kw["guidance"] = ev.guidance
+        task_kw = sampling.settings_for(task, config, steps=steps)
         scores: dict[str, list] = {}
         outputs, labels_seen, grid = [], [], None
         for i, host_batch in enumerate(batches):

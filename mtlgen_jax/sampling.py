@@ -80,6 +80,31 @@ class Sampler:
                                  eta=eta)
 
 
+def settings_for(task, config, *, steps: int | None = None, sampler: str | None = None,
+                 eta: float | None = None, guidance: float | None = None,
+                 self_ensemble: bool | None = None) -> dict:
+    """The keyword arguments ``task`` is sampled with (for :class:`Sampler`): each value
+    given, else the run's evaluation settings -- what its metrics were measured at.
+
+    steps: the task's own ``sample_steps`` where its config sets one (e.g. a task whose
+    fidelity operating point is its 1-step estimate while the others gain from more
+    steps), else ``eval.sample_steps``; sampler / eta: ``diffusion.sampler`` / ``eta``;
+    guidance: ``eval.guidance`` for class-conditional generation, else 1 (none);
+    self_ensemble: ``eval.self_ensemble`` for tasks with a condition image.
+    """
+    if steps is None:
+        steps = task.sample_steps or config.eval.sample_steps
+    if int(steps) < 1:
+        raise ValueError(f"steps={steps} must be >= 1.")
+    if guidance is None:
+        guidance = config.eval.get("guidance", 1.0) if task.class_conditional else 1.0
+    return dict(steps=int(steps),
+                sampler=config.diffusion.sampler if sampler is None else sampler,
+                eta=float(config.diffusion.eta if eta is None else eta),
+                guidance=float(guidance),
+                self_ensemble=self_ensemble_for(task, config.eval, self_ensemble))
+
+
 def self_ensemble_for(task, eval_config, requested: bool | None = None) -> bool:
     """Whether ``task``'s outputs are self-ensembled: ``requested`` (checked), else the
     config's ``eval.self_ensemble`` for a task with a condition image."""

@@ -140,6 +140,18 @@ INFERENCE_KEYS = (
     "eval.sample_steps", "eval.guidance", "eval.self_ensemble", "diffusion.sampler",
     "diffusion.eta",
 )
+# ... and, per task, ``tasks.<task>.<key>`` for these.
+INFERENCE_TASK_KEYS = ("sample_steps",)
+
+
+def _task_key(config, key: str) -> tuple[str, str] | None:
+    """(task, parameter) for a ``tasks.<task>.<INFERENCE_TASK_KEYS>`` key of a task of this
+    run; else None."""
+    parts = key.split(".")
+    names = [t for t in str(config.tasks.names).split(",") if t]
+    if len(parts) == 3 and parts[0] == "tasks" and parts[2] in INFERENCE_TASK_KEYS:
+        return (parts[1], parts[2]) if parts[1] in names else None
+    return None
 
 
 def apply_inference_overrides(config: ml_collections.ConfigDict, overrides: dict,
@@ -150,13 +162,19 @@ def apply_inference_overrides(config: ml_collections.ConfigDict, overrides: dict
     Raises:
       ValueError: an override of a key that cannot change after training.
     """
-    refused = sorted(k for k in overrides if k not in INFERENCE_KEYS)
+    refused = sorted(k for k in overrides
+                     if k not in INFERENCE_KEYS and _task_key(config, k) is None)
     if refused:
         raise ValueError(
             f"--config.{refused[0]} cannot change after training: --mode {mode} uses the "
             f"workdir's config.json. Only these apply on top of it: "
-            f"{', '.join(INFERENCE_KEYS)}.")
+            f"{', '.join(INFERENCE_KEYS)}, and tasks.<task>.{{"
+            f"{','.join(INFERENCE_TASK_KEYS)}}} for a task of the run.")
     out = config.copy_and_resolve_references()
     out.unlock()
-    out.update_from_flattened_dict(dict(overrides))
+    out.update_from_flattened_dict({k: v for k, v in overrides.items() if k in INFERENCE_KEYS})
+    for k, v in overrides.items():
+        if k not in INFERENCE_KEYS:
+            task, key = _task_key(config, k)
+            out.tasks[task] = dict(out.tasks.get(task) or {}, **{key: v})
     return out

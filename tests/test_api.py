@@ -68,6 +68,12 @@ def test_sample_shapes_and_determinism(run):
     at_eval = run.sample("inpaint", condition=cond, rng=key, steps=steps, sampler=ev.sampler,
                          eta=ev.eta)
     np.testing.assert_array_equal(run.sample("inpaint", condition=cond, rng=key), at_eval)
+    # A task's own sample_steps wins over eval.sample_steps (and an explicit steps= over it).
+    own = mg.restore(run.workdir, overrides={"tasks.inpaint.sample_steps": 2})
+    np.testing.assert_array_equal(own.sample("inpaint", condition=cond, rng=key), a)
+    np.testing.assert_array_equal(own.sample("inpaint", condition=cond, rng=key, steps=steps),
+                                  at_eval)
+    assert not np.array_equal(a, at_eval)  # 2 steps and 1 step differ, so the checks bite
     known = np.asarray(cond.mask[..., 0]) > 0
     np.testing.assert_array_equal(a[..., 0][known], images[..., 0][known])  # pasted back
     g = run.sample("generate", labels=np.arange(3), rng=key, steps=2)

@@ -124,9 +124,16 @@ def test_overrides_that_may_change_after_training_and_those_that_may_not():
     assert (out.dataset.name, out.dataset.folder, out.eval.sample_steps) == (
         "folder", "/photos", 7)
     assert cfg.dataset.name == "photo_patches"  # the run's config is not touched
-    for key in ("model.width", "dataset.image_size", "dataset.channels", "tasks.names"):
+    for key in ("model.width", "dataset.image_size", "dataset.channels", "tasks.names",
+                "tasks.denoise.objective", "tasks.generate.sample_steps"):  # not a task here
         with pytest.raises(ValueError, match=rf"--config.{key} cannot change after training"):
             workdir_lib.apply_inference_overrides(cfg, {key: 1}, mode="eval")
+    # A task's own evaluation step count may change; its other parameters stay.
+    out = workdir_lib.apply_inference_overrides(cfg, {"tasks.denoise.sample_steps": 8},
+                                                mode="sample")
+    assert out.tasks.denoise.sample_steps == 8
+    assert out.tasks.denoise.objective == cfg.tasks.denoise.objective == "bridge"
+    assert "sample_steps" not in cfg.tasks.denoise
 
 
 @pytest.fixture(scope="module")

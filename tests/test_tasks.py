@@ -178,6 +178,9 @@ def test_generate_labels_dropout_and_unconditional():
     ("generate", dict(class_conditional=True), "no labels"),
     ("denoise", dict(objective="gan"), "objective"),
     ("denoise", dict(sigmaa=1), "sigmaa"),
+    ("denoise", dict(objective="bridge", sample_steps=0), "sample_steps=0"),
+    ("super_resolve", dict(objective="regression", residual=True, sample_steps=1),
+     "one pass"),
 ])
 def test_bad_task_parameters(name, params, match):
     with pytest.raises(ValueError, match=match):

@@ -396,7 +396,11 @@ def notes(config, tasks: Sequence[str], steps: int, used: Mapping[str, bool],
           budget: str = "A", seeds: Sequence[int] = ()) -> str:
     """The Markdown text above the table: what was compared and how."""
     left_out = [t for t in tasks if not any(k.startswith(t + "/") for k in used)]
-    sampled = any(config.tasks[t].get("objective", "diffusion") == "diffusion" for t in tasks)
+    sampled = [t for t in tasks
+               if (config.tasks.get(t) or {}).get("objective", "diffusion") != "regression"]
+    own = {t: (config.tasks.get(t) or {}).get("sample_steps") for t in sampled}
+    steps_text = f"{config.eval.sample_steps} sampler step(s)" + "".join(
+        f", {t} {n}" for t, n in own.items() if n)
     if budget == "A":
         budget_text = (
             f"**Budget A, equal steps per model**: every model trains {steps} steps at global "
@@ -432,7 +436,7 @@ def notes(config, tasks: Sequence[str], steps: int, used: Mapping[str, bool],
         "",
         "Metrics: final evaluation of each run (EMA parameters, "
         f"{config.eval.num_batches} test batch(es) of {config.eval.batch_size} per task, "
-        + (f"{config.eval.sample_steps} sampler steps" if sampled else
+        + (steps_text + " (regressions: one pass)" if sampled else
            "one forward pass per example: every task is a regression")
         + "). `step_ms`: median train-step time over the "
         "logged windows after the first; the single-task row sums its T models. "

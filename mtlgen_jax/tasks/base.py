@@ -64,6 +64,10 @@ class Task:
         scored only on what the condition does not already determine. Unset: the
         task's ``consistent_default`` (what runs made before the option did: inpainting
         pasted its known pixels, nothing else projected); the shipped configs set it.
+      sample_steps: the sampler steps this task is evaluated and sampled at by default
+        (``sampling.settings_for``); None: the run's ``eval.sample_steps``. For a task
+        whose fidelity operating point is its 1-step estimate in a run whose other
+        tasks gain from more steps. Not for a regression (one pass).
       **params: the task's own parameters (see each subclass).
     """
 
@@ -103,6 +107,7 @@ class Task:
         bridge_noise: float = 0.2,
         consistent: bool | None = None,
         endpoint_fraction: float = 0.0,
+        sample_steps: int | None = None,
         **params: Any,
     ):
         if weight <= 0:
@@ -137,6 +142,14 @@ class Task:
             raise ValueError(f"tasks.{self.name}.endpoint_fraction={endpoint_fraction} draws "
                              f"bridge times; with objective={objective!r} drop it (or use "
                              "objective='bridge').")
+        if sample_steps is not None and not (isinstance(sample_steps, int)
+                                              and sample_steps >= 1):
+            raise ValueError(f"tasks.{self.name}.sample_steps={sample_steps!r} must be an "
+                             "integer >= 1 (or drop it: eval.sample_steps applies).")
+        if sample_steps is not None and objective == "regression":
+            raise ValueError(f"tasks.{self.name}.sample_steps={sample_steps}: a regression "
+                             "samples in one pass, whatever the step count; drop it.")
+        self.sample_steps = sample_steps
         self.endpoint_fraction = float(endpoint_fraction)
         self.residual = bool(residual)
         self.consistent = bool(self.consistent_default if consistent is None else consistent)
@@ -155,7 +168,7 @@ class Task:
             raise ValueError(
                 f"tasks.{self.name} got unknown parameter(s) {unknown}; "
                 f"{self.name} takes {sorted(accepted) or 'none'} besides weight, objective, loss, "
-                "residual, bridge_noise, consistent, endpoint_fraction."
+                "residual, bridge_noise, consistent, endpoint_fraction, sample_steps."
             )
         self.configure(**params)
 
