@@ -1,6 +1,7 @@
 """The Δm experiment (formula, table, orchestration, CLI) and the two-task toy."""
 
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -12,6 +13,7 @@ import pytest
 
 from configs import default
 from mtlgen_jax.experiments import delta_m as dm
+from mtlgen_jax.experiments import delta_m_plots as dm_plots
 from mtlgen_jax.experiments import toy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -207,6 +209,9 @@ def test_orchestration_runs_seeds_both_budgets_and_the_equal_parameter_row(tmp_p
         assert os.path.exists(os.path.join(workdir, name))
     assert "Budget B, equal examples per task" in open(os.path.join(workdir,
                                                                    "delta_m_B.md")).read()
+    if importlib.util.find_spec("matplotlib"):  # the pictures need the bench extra
+        for name in ("delta_m_tradeoff.png", "delta_m_curves.png"):
+            assert os.path.getsize(os.path.join(workdir, name)) > 0
     # The fake metrics do not depend on the seed or the steps: Δm as with one seed.
     assert out["B"][1].delta_m == pytest.approx((10.0 - 5.0) / 2)
     assert out["B"][1].delta_m_std == 0.0
@@ -221,6 +226,25 @@ def test_orchestration_runs_seeds_both_budgets_and_the_equal_parameter_row(tmp_p
     with pytest.raises(ValueError, match="use A .* and/or B"):
         dm.run_experiment(_config(), workdir, "ew", budgets=("C",), train_fn=again,
                           eval_fn=again)
+
+
+def test_learning_curves_count_each_tasks_images_and_average_seeds(tmp_path):
+    runs = []
+    for seed, (a, b) in enumerate(((20.0, 22.0), (21.0, 25.0))):
+        w = tmp_path / f"run{seed}"
+        w.mkdir()
+        rows = [{"step": 10, "loss": 1.0}, {"step": 100, "eval/denoise/psnr": a},
+                {"step": 200, "eval/denoise/psnr": 0.0},  # during training, 1 batch
+                {"step": 200, "eval/denoise/psnr": b, "eval/denoise/ssim": 0.5}]  # final
+        if seed == 1:
+            rows.append({"step": 300, "eval/denoise/psnr": 30.0})  # only one run has it
+        (w / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        runs.append(str(w))
+    assert dm_plots.eval_points(runs[0], "denoise") == [(100, 20.0), (200, 22.0)]
+    assert dm_plots.eval_points(runs[0], "inpaint") == []
+    # A multi-task model with the task at 1/7 of a batch of 32: 32/7 images per step.
+    assert dm_plots.mean_curve(runs, "denoise", 32 / 7) == [
+        (pytest.approx(100 * 32 / 7), 20.5), (pytest.approx(200 * 32 / 7), 23.5)]
 
 
 def test_orchestration_evaluates_a_run_that_lacks_its_final_eval(tmp_path):

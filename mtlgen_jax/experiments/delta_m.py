@@ -8,7 +8,8 @@ Trains one single-task model per task (`<workdir>/single_<task>`: the config wit
 `tasks.names` = that task and `ew`) and one multi-task model per strategy
 (`<workdir>/mtl_<strategy>`; `<name>-ub`: a gradient method in representation
 mode), each with `mtlgen_jax.train.train_and_evaluate`,
-then writes `<workdir>/delta_m.md` and `<workdir>/delta_m.csv`.
+then writes `<workdir>/delta_m.md` and `<workdir>/delta_m.csv`, and two pictures
+(`delta_m_tradeoff.png`, `delta_m_curves.png`: `delta_m_plots`).
 
 Budgets (`--budgets`): **A**, every model trains the same number of steps (`--steps`,
 else `num_train_steps`) on the same global batch (`batch_size`): a single-task model
@@ -540,11 +541,13 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
         plan += [("multi", method, run_name(f"mtl_{method}", s, first), with_seed(wide, s))
                  for s in seeds]
     found: dict[str, dict[str, list]] = {}
+    paths: dict[tuple[str, str], list[str]] = {}
     for table, key, sub, cfg in plan:
         path = os.path.join(workdir, sub)
         results = ensure_run(cfg, path, train_fn=train_fn, eval_fn=eval_fn)
         found.setdefault(table, {}).setdefault(key, []).append(
             (results, step_seconds(path, cfg.batch_size)))
+        paths.setdefault((table, key), []).append(path)
     out = {}
     for b in budgets:
         rows, keys, used = build_rows(tasks, found[f"single_{b}"], found.get("multi", {}))
@@ -552,7 +555,33 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
                                                 seeds=seeds),
                      name="delta_m" if b == "A" else f"delta_m_{b}")
         out[b] = rows
+    write_plots(workdir, config, tasks, out, paths)
     return out
+
+
+def write_plots(workdir: str, config, tasks: Sequence[str], rows_by_budget: Mapping,
+                paths: Mapping[tuple[str, str], Sequence[str]]) -> None:
+    """`delta_m_tradeoff.png` (Δm against step time) and `delta_m_curves.png` (per-task
+    PSNR against the task's images seen: the specialists of the first budget, `ew`, the
+    best other multi-task row of that budget by Δm, and the equal-parameter row)."""
+    from mtlgen_jax.experiments import delta_m_plots
+
+    delta_m_plots.tradeoff(rows_by_budget, os.path.join(workdir, "delta_m_tradeoff.png"),
+                           reference=REFERENCE, base=BASE_STRATEGY)
+    budget = next(iter(rows_by_budget))
+    rows = [r for r in rows_by_budget[budget] if r.method != REFERENCE]
+    weights = {t: float((config.tasks.get(t) or {}).get("weight", 1.0)) for t in tasks}
+    batch = float(config.batch_size)
+    series = {f"single-task ({budget})": {t: (paths[(f"single_{budget}", t)], batch)
+                                          for t in tasks}}
+    ranked = sorted((r for r in rows if math.isfinite(r.delta_m)), key=lambda r: -r.delta_m)
+    picks = [BASE_STRATEGY] + [r.method for r in ranked if r.method != BASE_STRATEGY][:1]
+    picks += [r.method for r in rows if r.method.startswith(f"{BASE_STRATEGY}-w")]
+    for m in dict.fromkeys(picks):
+        if ("multi", m) in paths:
+            series[m] = {t: (paths[("multi", m)], batch * weights[t] / sum(weights.values()))
+                         for t in tasks}
+    delta_m_plots.curves(tasks, series, os.path.join(workdir, "delta_m_curves.png"))
 
 
 def main(argv: Sequence[str]) -> None:

@@ -1,0 +1,124 @@
+"""The Δm experiment's two pictures (matplotlib: the `bench` extra; without it, none).
+
+* ``tradeoff``: Δm against step time relative to `ew`, one point per method (mean ± std
+  over its seeds), budget A filled and budget B hollow -- the trade-off figure of the
+  FAMO and Nash-MTL papers. Up and to the left is better.
+* ``curves``: per task, its PSNR against the number of that task's training images a
+  model has seen, for the single-task models and a few multi-task ones (mean over
+  seeds): does sharing make each example worth more, or less? A multi-task model sees
+  ``step x batch x share`` of a task's images by step ``step`` (``share`` = the task's
+  mixture weight over the sum), a specialist ``step x batch``. The points are the
+  evaluations during training (``eval_every_steps``, ``eval.num_batches_during_training``
+  batches) and the final one.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+
+from absl import logging
+
+from mtlgen_jax import writers as writers_lib
+
+
+def _pyplot(path: str):
+    try:
+        import matplotlib
+    except ImportError:
+        logging.warning("matplotlib is not installed (pip install -e '.[bench]'): %s is not "
+                        "drawn; the tables are written.", path)
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def tradeoff(rows_by_budget: Mapping[str, Sequence], path: str, *, reference: str,
+             base: str) -> bool:
+    """Draws Δm (%) against step time / ``base`` for every multi-task row of each budget
+    (``Row``s of ``delta_m.build_rows``); returns whether a picture was written."""
+    plt = _pyplot(path)
+    if plt is None:
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    colors = {}
+    for budget, rows in rows_by_budget.items():
+        for r in rows:
+            if r.method == reference or not math.isfinite(r.time_vs_base):
+                continue
+            color = colors.setdefault(r.method, f"C{len(colors) % 10}")
+            err = r.delta_m_std if math.isfinite(r.delta_m_std) else None
+            ax.errorbar(r.time_vs_base, r.delta_m, yerr=err, fmt="o", color=color,
+                        mfc=color if budget == "A" else "white", capsize=3, ms=7,
+                        label=r.method if budget == next(iter(rows_by_budget)) else None)
+            if budget == next(iter(rows_by_budget)):
+                ax.annotate(r.method, (r.time_vs_base, r.delta_m), fontsize=7,
+                            xytext=(4, 4), textcoords="offset points")
+    ax.axhline(0.0, color="gray", ls="--", lw=1)
+    ax.set_xlabel(f"train-step time / {base}")
+    ax.set_ylabel("Δm % vs the single-task models (> 0: better)")
+    budgets = " and ".join(f"{b} ({'filled' if i == 0 else 'hollow'})"
+                           for i, b in enumerate(rows_by_budget))
+    ax.set_title(f"Δm against cost, budget {budgets}; bars: std over seeds", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def eval_points(workdir: str, task: str, metric: str = "psnr") -> list[tuple[int, float]]:
+    """(step, value) of every evaluation of ``task``'s ``metric`` in a run's metrics.jsonl;
+    where a step was evaluated twice (during training, then the final evaluation), the
+    later one."""
+    found = {}
+    for row in writers_lib.read_metrics(workdir):
+        key = f"eval/{task}/{metric}"
+        if key in row and "step" in row:
+            found[int(row["step"])] = float(row[key])
+    return sorted(found.items())
+
+
+def mean_curve(runs: Sequence[str], task: str, images_per_step: float
+               ) -> list[tuple[float, float]]:
+    """(images of ``task`` seen, mean PSNR over ``runs``) at the steps every run evaluated."""
+    per_run = [dict(eval_points(w, task)) for w in runs]
+    steps = sorted(set.intersection(*(set(p) for p in per_run))) if per_run else []
+    return [(s * images_per_step, statistics.fmean(p[s] for p in per_run)) for s in steps]
+
+
+def curves(tasks: Sequence[str], series: Mapping[str, Mapping[str, tuple[Sequence[str], float]]],
+           path: str) -> bool:
+    """Draws per-task PSNR against that task's training images seen.
+
+    Args:
+      tasks: one panel each.
+      series: label -> task -> (the run workdirs to average, images of the task per step).
+      path: the PNG.
+
+    Returns whether a picture was written.
+    """
+    plt = _pyplot(path)
+    if plt is None:
+        return False
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.3), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for i, (label, per_task) in enumerate(series.items()):
+            if task not in per_task:
+                continue
+            runs, per_step = per_task[task]
+            pts = mean_curve(runs, task, per_step)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, color=f"C{i}", label=label,
+                        ls="--" if i == 0 else "-")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"{task} training images seen")
+        ax.set_ylabel("PSNR (dB)")
+        ax.set_title(task)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
