@@ -228,6 +228,34 @@ def test_orchestration_runs_seeds_both_budgets_and_the_equal_parameter_row(tmp_p
                           eval_fn=again)
 
 
+def test_extra_rows_train_every_seed_with_their_overrides(tmp_path):
+    rows = dm.parse_rows("ew-film=ew:model.task_film=True; pc-l2=pcgrad-ub:model.task_lora_rank=2"
+                         ":model.width=16")
+    assert rows == {"ew-film": ("ew", {"model.task_film": True}),
+                    "pc-l2": ("pcgrad-ub", {"model.task_lora_rank": 2, "model.width": 16})}
+    train = FakeTrainer()
+    out = dm.run_experiment(_config(), str(tmp_path / "dm"), "ew", steps=2, seeds=(0, 1),
+                            rows=rows, train_fn=train, eval_fn=lambda *a, **k: None)
+    cfgs = dict(train.calls)
+    assert [n for n in cfgs if n.startswith("mtl_")] == [
+        "mtl_ew", "mtl_ew-film", "mtl_ew-film_seed1", "mtl_pc-l2", "mtl_pc-l2_seed1"]
+    assert cfgs["mtl_ew-film_seed1"].model.task_film and cfgs["mtl_ew-film_seed1"].seed == 1
+    assert not cfgs["mtl_ew"].model.task_film
+    assert cfgs["mtl_pc-l2"].weighting.grad_space == "representation"
+    assert (cfgs["mtl_pc-l2"].model.task_lora_rank, cfgs["mtl_pc-l2"].model.width) == (2, 16)
+    assert [r.method for r in out["A"]] == ["single-task", "ew", "ew-film", "pc-l2"]
+    for bad, match in (("film=ew:model.task_flim=True", "no key 'model.task_flim'"),
+                       ("film=ew:model.width=wide", "width"),
+                       ("ew=ew:model.task_film=True", "already a row"),
+                       ("film=nope", "nope")):
+        with pytest.raises(ValueError, match=match):
+            dm.run_experiment(_config(), str(tmp_path / "bad"), "ew", rows=dm.parse_rows(bad),
+                              train_fn=pytest.fail, eval_fn=pytest.fail)
+    for bad in ("=ew", "film", "film=ew:width", "a=ew;a=ew"):
+        with pytest.raises(ValueError, match="--rows"):
+            dm.parse_rows(bad)
+
+
 def test_learning_curves_count_each_tasks_images_and_average_seeds(tmp_path):
     runs = []
     for seed, (a, b) in enumerate(((20.0, 22.0), (21.0, 25.0))):

@@ -2,7 +2,8 @@ r"""The Δm table: every weighting strategy against single-task models, at the s
 
     python -m mtlgen_jax.experiments.delta_m --config configs/default.py \
         --workdir runs/delta_m --strategies ew,uw,famo,pcgrad [--steps N] [--config.KEY=VALUE] \
-        [--seeds 0,1,2 --seeded ew,famo] [--budgets A,B] [--equal_params_width 32]
+        [--seeds 0,1,2 --seeded ew,famo] [--budgets A,B] [--equal_params_width 32] \
+        [--rows 'ew-film=ew:model.task_film=True;...']
 
 Trains one single-task model per task (`<workdir>/single_<task>`: the config with
 `tasks.names` = that task and `ew`) and one multi-task model per strategy
@@ -23,7 +24,9 @@ tables are `delta_m_B.md` / `.csv`.
 Seeds (`--seeds 0,1,2`): the single-task models, the equal-parameter row and the
 strategies named in `--seeded` train once per seed; each cell is then the mean ± the
 sample std over seeds, and each seed's Δm is taken against the mean of the single-task
-seeds. `--equal_params_width W` adds `ew-w<W>`, an `ew` model of width W.
+seeds. `--equal_params_width W` adds `ew-w<W>`, an `ew` model of width W; `--rows`
+adds named multi-task rows of a strategy with config overrides (e.g. per-task FiLM or
+LoRA, `model.task_film=True`), every seed.
 
 Metrics are those of each run's final evaluation (`mtlgen_jax.evaluate`, the
 `eval/<task>/<metric>` row at the last step of `metrics.jsonl`). Δm (Maninis et
@@ -464,10 +467,61 @@ def budget_b_steps(config, task: str, steps: int) -> int:
     return max(1, round(steps * weights[task] / sum(weights.values())))
 
 
+def parse_rows(text: str) -> dict[str, tuple[str, dict]]:
+    """Extra multi-task rows from 'NAME=STRATEGY[:KEY=VALUE...][;NAME=...]', e.g.
+    'ew-film=ew:model.task_film=True;ew-w32=ew:model.width=32' -> {name: (strategy spec,
+    {dotted config key: value})}; a value is a Python literal, else a string.
+
+    Raises:
+      ValueError: a row without a name or strategy, a repeated name, or a bad override.
+    """
+    import ast
+
+    rows: dict[str, tuple[str, dict]] = {}
+    for item in filter(None, (x.strip() for x in text.split(";"))):
+        name, eq, rest = item.partition("=")
+        parts = rest.split(":")
+        if not eq or not name.strip() or not parts[0].strip():
+            raise ValueError(f"--rows item {item!r}: use NAME=STRATEGY[:KEY=VALUE...], e.g. "
+                             "ew-film=ew:model.task_film=True")
+        overrides = {}
+        for part in parts[1:]:
+            key, eq, value = part.partition("=")
+            if not eq or not key.strip():
+                raise ValueError(f"--rows item {item!r}: {part!r} is not KEY=VALUE")
+            try:
+                overrides[key.strip()] = ast.literal_eval(value.strip())
+            except (ValueError, SyntaxError):
+                overrides[key.strip()] = value.strip()
+        if name.strip() in rows:
+            raise ValueError(f"--rows names {name.strip()!r} twice")
+        rows[name.strip()] = (parts[0].strip(), overrides)
+    return rows
+
+
+def with_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, object]
+                   ) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with dotted-key ``overrides``; a key the config lacks is refused
+    (``update_from_flattened_dict`` would skip it silently)."""
+    cfg = config.copy_and_resolve_references()
+    for key in overrides:
+        node = cfg
+        for part in key.split("."):
+            if not hasattr(node, "keys") or part not in node:
+                raise ValueError(f"--rows: the config has no key {key!r}")
+            node = node[part]
+    try:
+        cfg.update_from_flattened_dict(dict(overrides))
+    except TypeError as e:
+        raise ValueError(f"--rows: {e}") from e
+    return cfg
+
+
 def run_experiment(config: ml_collections.ConfigDict, workdir: str,
                    strategies: str | Sequence[str], *, steps: int | None = None,
                    seeds: Sequence[int] | None = None, seeded: Sequence[str] = (),
                    budgets: Sequence[str] = ("A",), equal_params_width: int | None = None,
+                   rows: Mapping[str, tuple[str, dict]] | None = None,
                    train_fn: Callable | None = None, eval_fn: Callable | None = None
                    ) -> dict[str, list[Row]]:
     """Trains or reuses every run, writes the tables; returns each budget's rows.
@@ -487,6 +541,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
         task, equal total compute).
       equal_params_width: adds the row ``ew-w<W>``: one `ew` model of width W (as many
         parameters as the specialists together, e.g. 32 against four width-16 models).
+      rows: extra multi-task rows, {name: (strategy spec, {dotted config key: value})}
+        (``parse_rows``), e.g. per-task capacity; each trains every seed.
       train_fn: (config, workdir) -> anything; default `train.train_and_evaluate`.
       eval_fn: (workdir, step=) -> anything; default `cli.eval_workdir`.
 
@@ -512,6 +568,12 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
                          "examples per task, equal total compute)")
     if equal_params_width is not None and equal_params_width < 1:
         raise ValueError(f"equal_params_width={equal_params_width} must be >= 1")
+    extra = {}
+    for name, (spec, overrides) in (rows or {}).items():
+        if name in names or name == REFERENCE:
+            raise ValueError(f"--rows name {name!r} is already a row; pick another")
+        parse_strategies(spec, config)
+        extra[name] = with_overrides(multi_task_config(config, spec, steps), overrides)
     if train_fn is None:
         from mtlgen_jax.train import train_and_evaluate as train_fn
     if eval_fn is None:
@@ -540,6 +602,9 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
         method = f"ew-w{equal_params_width}"
         plan += [("multi", method, run_name(f"mtl_{method}", s, first), with_seed(wide, s))
                  for s in seeds]
+    for method, cfg in extra.items():
+        plan += [("multi", method, run_name(f"mtl_{method}", s, first), with_seed(cfg, s))
+                 for s in seeds]
     found: dict[str, dict[str, list]] = {}
     paths: dict[tuple[str, str], list[str]] = {}
     for table, key, sub, cfg in plan:
@@ -550,11 +615,11 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
         paths.setdefault((table, key), []).append(path)
     out = {}
     for b in budgets:
-        rows, keys, used = build_rows(tasks, found[f"single_{b}"], found.get("multi", {}))
-        write_tables(workdir, rows, keys, notes(config, tasks, steps, used, budget=b,
-                                                seeds=seeds),
+        table, keys, used = build_rows(tasks, found[f"single_{b}"], found.get("multi", {}))
+        write_tables(workdir, table, keys, notes(config, tasks, steps, used, budget=b,
+                                                 seeds=seeds),
                      name="delta_m" if b == "A" else f"delta_m_{b}")
-        out[b] = rows
+        out[b] = table
     write_plots(workdir, config, tasks, out, paths)
     return out
 
@@ -605,7 +670,8 @@ def main(argv: Sequence[str]) -> None:
     try:
         out = run_experiment(f.config, f.workdir, f.strategies, steps=f.steps, seeds=seeds,
                              seeded=seeded, budgets=f.budgets.split(","),
-                             equal_params_width=f.equal_params_width)
+                             equal_params_width=f.equal_params_width,
+                             rows=parse_rows(f.rows))
     except ValueError as e:
         raise app.UsageError(str(e)) from e
     for b in out:
@@ -633,6 +699,9 @@ def _cli() -> None:
                         "per task = equal total compute), e.g. A,B.")
     flags.DEFINE_integer("equal_params_width", None, "Adds an ew model of this width (as many "
                          "parameters as the specialists together).")
+    flags.DEFINE_string("rows", "", "Extra multi-task rows, every seed: "
+                        "'NAME=STRATEGY[:KEY=VALUE...][;...]', e.g. "
+                        "'ew-film=ew:model.task_film=True;ew-lora4=ew:model.task_lora_rank=4'.")
     flags.mark_flags_as_required(["config", "workdir", "strategies"])
     app.run(main)
 
