@@ -32,7 +32,8 @@ def get_config(variant: str = ""):
     c.checkpoint_every_steps = 5000
     c.tasks.names = "generate,inpaint,super_resolve,colorize,denoise"
     for name in ("denoise", "inpaint", "super_resolve", "colorize"):  # Palette's diffusion
-        c.tasks[name] = dict(c.tasks[name], objective="diffusion", residual=False, loss="l2")
+        c.tasks[name] = default.with_objective(c.tasks[name], "diffusion", residual=False,
+                                               loss="l2")
     c.weighting.name = "ew"
     c.model.backbone = "unet"
     c.model.width = 128

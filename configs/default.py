@@ -197,6 +197,21 @@ def use_vit(c: ml_collections.ConfigDict, *, width: int = 96, depth: int = 6,
     c.model.attention_impl = attention_impl
 
 
+BRIDGE_ONLY = ("bridge_noise", "endpoint_fraction")  # task keys that only a bridge takes
+
+
+def with_objective(task: dict, objective: str, **params) -> dict:
+    """``task``'s parameters moved to ``objective`` (and ``params``): the bridge's own keys
+    are dropped off the bridge, and ``sample_steps`` from a one-pass regression, so a
+    config can re-use a task of this one on another objective."""
+    out = dict(task, objective=objective, **params)
+    for key in (BRIDGE_ONLY if objective != "bridge" else ()) + (
+            ("sample_steps",) if objective == "regression" else ()):
+        if key not in params:
+            out.pop(key, None)
+    return out
+
+
 def shrink(c: ml_collections.ConfigDict) -> None:
     """A seconds-long run for smoke tests: tiny model, few steps, few samples."""
     c.batch_size = 8

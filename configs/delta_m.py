@@ -42,8 +42,8 @@ def get_config(variant: str = ""):
     words = default.variants(variant, ("tiny", "regression"), "configs/delta_m.py")
     if "regression" in words:
         for name in ("denoise", "inpaint", "super_resolve", "colorize"):
-            c.tasks[name] = dict(c.tasks[name], objective="regression", residual=False,
-                                 loss="l2")
+            c.tasks[name] = default.with_objective(c.tasks[name], "regression",
+                                                   residual=False, loss="l2")
     c.eval.batch_size = 64
     c.eval.num_batches = 4  # 256 held-out crops per task
     c.eval.sample_steps = 1  # the fidelity point (the bridge's one step is its estimate)

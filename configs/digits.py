@@ -30,8 +30,8 @@ def get_config(variant: str = ""):
     # Each restoration task takes 1/5 of every batch (generate 2/5): the shares are set
     # here, not inherited from the photo default (which gives super-resolution 4/7).
     for name in ("denoise", "inpaint", "super_resolve"):
-        c.tasks[name] = dict(c.tasks[name], weight=1.0, objective="diffusion", residual=False,
-                             loss="l2")
+        c.tasks[name] = default.with_objective(c.tasks[name], "diffusion", weight=1.0,
+                                               residual=False, loss="l2")
     c.weighting.name = "ew"
     c.eval.sample_steps = 25
     c.eval.self_ensemble = False  # measured without; averaging diffusion samples blurs them

@@ -86,7 +86,8 @@ def run(spec: str) -> dict:
         # residual and bridge heads start at zero), so every strategy's weights differ
         # from the first step. The objectives' own 1 = 8 devices test: test_parallel's
         # sampling check; the default objectives run on 2 devices in test_reliability.
-        cfg.tasks[name] = dict(cfg.tasks[name], objective="diffusion", residual=False, loss="l2")
+        cfg.tasks[name] = default.with_objective(cfg.tasks[name], "diffusion", residual=False,
+                                                  loss="l2")
     size = 16
     if args.small:
         size = cfg.dataset.image_size = 8

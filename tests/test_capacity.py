@@ -258,7 +258,8 @@ def build(weighting, grad_space="params", accum=1, kind="unet"):
     cfg.model.update(ON[kind])
     cfg.tasks.names = "denoise,inpaint,super_resolve"
     for name in ("denoise", "inpaint", "super_resolve"):  # heads that start non-zero
-        cfg.tasks[name] = dict(cfg.tasks[name], objective="diffusion", residual=False, loss="l2")
+        cfg.tasks[name] = default.with_objective(cfg.tasks[name], "diffusion", residual=False,
+                                                  loss="l2")
     return cfg, components.build(cfg, info())
 
 
@@ -462,7 +463,8 @@ def test_tiny_run_with_adapters_then_restore(tmp_path):
     cfg.async_checkpoints = False
     cfg.tasks.names = "denoise,inpaint"
     for name in ("denoise", "inpaint"):  # heads that start non-zero: the backbone trains
-        cfg.tasks[name] = dict(cfg.tasks[name], objective="diffusion", residual=False, loss="l2")
+        cfg.tasks[name] = default.with_objective(cfg.tasks[name], "diffusion", residual=False,
+                                                  loss="l2")
     cfg.model.task_film, cfg.model.task_lora_rank = True, 2
     wd = str(tmp_path / "run")
     state = train.Trainer(cfg, wd).run()

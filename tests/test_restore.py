@@ -29,7 +29,7 @@ def fresh_run(objective="regression", residual=True, self_ensemble=False, **task
     cfg.tasks.names = TASKS
     cfg.eval.self_ensemble = self_ensemble
     for t in TASKS.split(","):
-        cfg.tasks[t] = dict(cfg.tasks[t], objective=objective, residual=residual,
+        cfg.tasks[t] = default.with_objective(cfg.tasks[t], objective, residual=residual,
                             **{"loss": "l2", **task_params})
     info = DatasetInfo("synthetic", None, 3, 16, 64, 8, "train", "test")
     comp = components.build(cfg, info)

@@ -21,7 +21,8 @@ def build(weighting="mgda", grad_space="params", accum=1):
     cfg.grad_accum_steps = accum
     cfg.tasks.names = "denoise,inpaint,super_resolve"
     for name in ("denoise", "inpaint", "super_resolve"):  # heads that start non-zero
-        cfg.tasks[name] = dict(cfg.tasks[name], objective="diffusion", residual=False, loss="l2")
+        cfg.tasks[name] = default.with_objective(cfg.tasks[name], "diffusion", residual=False,
+                                                  loss="l2")
     comp = components.build(cfg, INFO)
     return cfg, comp
 
@@ -115,7 +116,7 @@ def test_loss_scores_only_what_the_condition_leaves_open():
         cfg = default.get_config("tiny")
         cfg.tasks.names = "super_resolve,colorize"
         for name in ("super_resolve", "colorize"):
-            cfg.tasks[name] = dict(cfg.tasks[name], objective="regression", residual=True,
+            cfg.tasks[name] = default.with_objective(cfg.tasks[name], "regression", residual=True,
                                    consistent=consistent)
         comp = components.build(cfg, INFO)
         x0 = jax.random.uniform(jax.random.key(0), (8, 16, 16, 3), minval=-0.9, maxval=0.9)

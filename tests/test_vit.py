@@ -310,7 +310,8 @@ def run(devices, backend, spec, accum):
     cfg.adam_eps = 1e-3  # smooth in g: sums in another order give close updates
     cfg.tasks.names = "denoise,inpaint"
     for name in ("denoise", "inpaint"):
-        cfg.tasks[name] = dict(cfg.tasks[name], objective="diffusion", residual=False, loss="l2")
+        cfg.tasks[name] = default.with_objective(cfg.tasks[name], "diffusion", residual=False,
+                                                  loss="l2")
     info = DatasetInfo(name="synthetic", num_classes=None, channels=3, image_size=16,
                        num_train=64, num_test=8, train_split="train", test_split="test")
     parts = components.build_run(cfg, info, devices=jax.devices()[:devices], backend=backend)

@@ -58,6 +58,10 @@ def objective_config(config: ml_collections.ConfigDict, name: str) -> ml_collect
     for task in delta_m.task_names(cfg):
         params = dict(cfg.tasks.get(task, {}) or {})
         params.update(objective=objective, residual=residual)
+        # What only the config's own objective takes (configs/default.py:with_objective).
+        drop = (("bridge_noise", "endpoint_fraction") if objective != "bridge" else ()) + (
+            ("sample_steps",) if objective == "regression" else ())
+        params = {k: v for k, v in params.items() if k not in drop}
         if params.get("loss") == "relative" and not (residual or objective == "bridge"):
             params["loss"] = "l2"  # plain diffusion has no start to be relative to
         cfg.tasks[task] = params
