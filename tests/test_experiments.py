@@ -261,18 +261,20 @@ def test_learning_curves_count_each_tasks_images_and_average_seeds(tmp_path):
     for seed, (a, b) in enumerate(((20.0, 22.0), (21.0, 25.0))):
         w = tmp_path / f"run{seed}"
         w.mkdir()
-        rows = [{"step": 10, "loss": 1.0}, {"step": 100, "eval/denoise/psnr": a},
-                {"step": 200, "eval/denoise/psnr": 0.0},  # during training, 1 batch
-                {"step": 200, "eval/denoise/psnr": b, "eval/denoise/ssim": 0.5}]  # final
+        base = {"eval/denoise/psnr_baseline": 10.0}
+        rows = [{"step": 10, "loss": 1.0}, {"step": 100, "eval/denoise/psnr": a, **base},
+                {"step": 200, "eval/denoise/psnr": 0.0, **base},  # during training, 1 batch
+                {"step": 200, "eval/denoise/psnr": b + 1, "eval/denoise/ssim": 0.5,  # final
+                 "eval/denoise/psnr_baseline": 11.0}]  # on other crops: the gain is b - 10
         if seed == 1:
-            rows.append({"step": 300, "eval/denoise/psnr": 30.0})  # only one run has it
+            rows.append({"step": 300, "eval/denoise/psnr": 30.0, **base})  # one run only
         (w / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         runs.append(str(w))
-    assert dm_plots.eval_points(runs[0], "denoise") == [(100, 20.0), (200, 22.0)]
+    assert dm_plots.eval_points(runs[0], "denoise") == [(100, 10.0), (200, 12.0)]
     assert dm_plots.eval_points(runs[0], "inpaint") == []
     # A multi-task model with the task at 1/7 of a batch of 32: 32/7 images per step.
     assert dm_plots.mean_curve(runs, "denoise", 32 / 7) == [
-        (pytest.approx(100 * 32 / 7), 20.5), (pytest.approx(200 * 32 / 7), 23.5)]
+        (pytest.approx(100 * 32 / 7), 10.5), (pytest.approx(200 * 32 / 7), 13.5)]
 
 
 def test_orchestration_evaluates_a_run_that_lacks_its_final_eval(tmp_path):

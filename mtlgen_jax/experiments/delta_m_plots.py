@@ -3,13 +3,13 @@
 * ``tradeoff``: Δm against step time relative to `ew`, one point per method (mean ± std
   over its seeds), budget A filled and budget B hollow -- the trade-off figure of the
   FAMO and Nash-MTL papers. Up and to the left is better.
-* ``curves``: per task, its PSNR against the number of that task's training images a
-  model has seen, for the single-task models and a few multi-task ones (mean over
-  seeds): does sharing make each example worth more, or less? A multi-task model sees
-  ``step x batch x share`` of a task's images by step ``step`` (``share`` = the task's
-  mixture weight over the sum), a specialist ``step x batch``. The points are the
-  evaluations during training (``eval_every_steps``, ``eval.num_batches_during_training``
-  batches) and the final one.
+* ``curves``: per task, its PSNR gain over the trivial baseline against the number of
+  that task's training images a model has seen, for the single-task models and a few
+  multi-task ones (mean over seeds): does sharing make each example worth more, or
+  less? A multi-task model sees ``step x batch x share`` of a task's images by step
+  ``step`` (``share`` = the task's mixture weight over the sum), a specialist
+  ``step x batch``. The points are the evaluations during training (``eval_every_steps``,
+  ``eval.num_batches_during_training`` batches) and the final one.
 """
 
 from __future__ import annotations
@@ -70,20 +70,26 @@ def tradeoff(rows_by_budget: Mapping[str, Sequence], path: str, *, reference: st
 
 
 def eval_points(workdir: str, task: str, metric: str = "psnr") -> list[tuple[int, float]]:
-    """(step, value) of every evaluation of ``task``'s ``metric`` in a run's metrics.jsonl;
-    where a step was evaluated twice (during training, then the final evaluation), the
-    later one."""
+    """(step, gain) of every evaluation of ``task`` in a run's metrics.jsonl: its
+    ``metric`` minus the trivial baseline's on the same crops (``<metric>_baseline``).
+
+    The gain, not the metric: the evaluations during training score
+    ``eval.num_batches_during_training`` batches, the final one ``eval.num_batches``, and
+    the baseline takes out most of the difference between those crop sets. Where a step
+    was evaluated twice (during training, then the final evaluation), the later one.
+    """
     found = {}
+    key = f"eval/{task}/{metric}"
     for row in writers_lib.read_metrics(workdir):
-        key = f"eval/{task}/{metric}"
-        if key in row and "step" in row:
-            found[int(row["step"])] = float(row[key])
+        if key in row and f"{key}_baseline" in row and "step" in row:
+            found[int(row["step"])] = float(row[key]) - float(row[f"{key}_baseline"])
     return sorted(found.items())
 
 
 def mean_curve(runs: Sequence[str], task: str, images_per_step: float
                ) -> list[tuple[float, float]]:
-    """(images of ``task`` seen, mean PSNR over ``runs``) at the steps every run evaluated."""
+    """(images of ``task`` seen, mean PSNR gain over ``runs``) at the steps every run
+    evaluated."""
     per_run = [dict(eval_points(w, task)) for w in runs]
     steps = sorted(set.intersection(*(set(p) for p in per_run))) if per_run else []
     return [(s * images_per_step, statistics.fmean(p[s] for p in per_run)) for s in steps]
@@ -91,7 +97,7 @@ def mean_curve(runs: Sequence[str], task: str, images_per_step: float
 
 def curves(tasks: Sequence[str], series: Mapping[str, Mapping[str, tuple[Sequence[str], float]]],
            path: str) -> bool:
-    """Draws per-task PSNR against that task's training images seen.
+    """Draws per-task PSNR gain against that task's training images seen.
 
     Args:
       tasks: one panel each.
@@ -115,7 +121,7 @@ def curves(tasks: Sequence[str], series: Mapping[str, Mapping[str, tuple[Sequenc
                         ls="--" if i == 0 else "-")
         ax.set_xscale("log")
         ax.set_xlabel(f"{task} training images seen")
-        ax.set_ylabel("PSNR (dB)")
+        ax.set_ylabel("PSNR gain over the trivial baseline (dB)")
         ax.set_title(task)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
