@@ -5,6 +5,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -226,6 +227,21 @@ def test_orchestration_runs_seeds_both_budgets_and_the_equal_parameter_row(tmp_p
     with pytest.raises(ValueError, match="use A .* and/or B"):
         dm.run_experiment(_config(), workdir, "ew", budgets=("C",), train_fn=again,
                           eval_fn=again)
+
+
+def test_finished_only_tables_leave_unfinished_runs_out_and_train_nothing(tmp_path):
+    workdir = str(tmp_path / "dm")
+    kw = dict(steps=4, seeds=(0, 1), seeded=("ew",), eval_fn=pytest.fail)
+    dm.run_experiment(_config(), workdir, "ew", **kw, train_fn=FakeTrainer())
+    shutil.rmtree(os.path.join(workdir, "mtl_ew_seed1", "checkpoints"))  # unfinished now
+    out = dm.run_experiment(_config(), workdir, "ew,famo", **kw, train_fn=pytest.fail,
+                            finished_only=True)  # famo: never trained
+    assert [(r.method, r.seeds) for r in out["A"]] == [("single-task", 2), ("ew", 1)]
+    shutil.rmtree(os.path.join(workdir, "single_inpaint", "checkpoints"))
+    shutil.rmtree(os.path.join(workdir, "single_inpaint_seed1", "checkpoints"))
+    with pytest.raises(RuntimeError, match="no finished single-task run of inpaint"):
+        dm.run_experiment(_config(), workdir, "ew", **kw, train_fn=pytest.fail,
+                          finished_only=True)
 
 
 def test_extra_rows_train_every_seed_with_their_overrides(tmp_path):

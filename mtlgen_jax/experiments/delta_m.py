@@ -45,7 +45,8 @@ sums its T models.
 Finished runs are reused: a sub-workdir with a checkpoint at the final step and
 its final evaluation is not trained again; an unfinished one resumes from its
 latest checkpoint (see `Trainer`); one with the checkpoint but no final
-evaluation is evaluated (`mtlgen_jax.cli.eval_workdir`).
+evaluation is evaluated (`mtlgen_jax.cli.eval_workdir`). `--finished_only` trains
+nothing and writes the tables and pictures of the runs finished so far.
 """
 
 from __future__ import annotations
@@ -522,8 +523,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
                    seeds: Sequence[int] | None = None, seeded: Sequence[str] = (),
                    budgets: Sequence[str] = ("A",), equal_params_width: int | None = None,
                    rows: Mapping[str, tuple[str, dict]] | None = None,
-                   train_fn: Callable | None = None, eval_fn: Callable | None = None
-                   ) -> dict[str, list[Row]]:
+                   train_fn: Callable | None = None, eval_fn: Callable | None = None,
+                   finished_only: bool = False) -> dict[str, list[Row]]:
     """Trains or reuses every run, writes the tables; returns each budget's rows.
 
     Args:
@@ -545,6 +546,9 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
         (``parse_rows``), e.g. per-task capacity; each trains every seed.
       train_fn: (config, workdir) -> anything; default `train.train_and_evaluate`.
       eval_fn: (workdir, step=) -> anything; default `cli.eval_workdir`.
+      finished_only: train and evaluate nothing: the tables and pictures of the runs
+        that have finished (a row's `seeds` column counts its finished seeds), e.g. while
+        the experiment is interrupted between sessions.
 
     Raises:
       ValueError: a bad strategy, hyperparameter, seed list, budget or task list, before
@@ -609,12 +613,22 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
     paths: dict[tuple[str, str], list[str]] = {}
     for table, key, sub, cfg in plan:
         path = os.path.join(workdir, sub)
-        results = ensure_run(cfg, path, train_fn=train_fn, eval_fn=eval_fn)
+        if finished_only:
+            results = final_eval(path, cfg.num_train_steps)
+            if results is None or not has_checkpoint(path, cfg.num_train_steps):
+                logging.info("not finished, left out: %s", path)
+                continue
+        else:
+            results = ensure_run(cfg, path, train_fn=train_fn, eval_fn=eval_fn)
         found.setdefault(table, {}).setdefault(key, []).append(
             (results, step_seconds(path, cfg.batch_size)))
         paths.setdefault((table, key), []).append(path)
     out = {}
     for b in budgets:
+        missing = [t for t in tasks if t not in found.get(f"single_{b}", {})]
+        if missing:
+            raise RuntimeError(f"budget {b}: no finished single-task run of {missing[0]} to "
+                               "compare with; run without --finished_only to train it")
         table, keys, used = build_rows(tasks, found[f"single_{b}"], found.get("multi", {}))
         write_tables(workdir, table, keys, notes(config, tasks, steps, used, budget=b,
                                                  seeds=seeds),
@@ -671,7 +685,7 @@ def main(argv: Sequence[str]) -> None:
         out = run_experiment(f.config, f.workdir, f.strategies, steps=f.steps, seeds=seeds,
                              seeded=seeded, budgets=f.budgets.split(","),
                              equal_params_width=f.equal_params_width,
-                             rows=parse_rows(f.rows))
+                             rows=parse_rows(f.rows), finished_only=f.finished_only)
     except ValueError as e:
         raise app.UsageError(str(e)) from e
     for b in out:
@@ -702,6 +716,8 @@ def _cli() -> None:
     flags.DEFINE_string("rows", "", "Extra multi-task rows, every seed: "
                         "'NAME=STRATEGY[:KEY=VALUE...][;...]', e.g. "
                         "'ew-film=ew:model.task_film=True;ew-lora4=ew:model.task_lora_rank=4'.")
+    flags.DEFINE_bool("finished_only", False, "Train nothing: write the tables and pictures "
+                      "of the runs that have finished.")
     flags.mark_flags_as_required(["config", "workdir", "strategies"])
     app.run(main)
 
