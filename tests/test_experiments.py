@@ -188,7 +188,9 @@ def test_orchestration_trains_each_run_once_and_reuses_them(tmp_path):
 def test_orchestration_runs_seeds_both_budgets_and_the_equal_parameter_row(tmp_path):
     workdir = str(tmp_path / "dm")
     train = FakeTrainer()
-    out = dm.run_experiment(_config(), workdir, "ew,famo", steps=4, seeds=(0, 1),
+    config = _config()
+    config.warmup_steps = 4
+    out = dm.run_experiment(config, workdir, "ew,famo", steps=4, seeds=(0, 1),
                             seeded=("ew",), budgets=("A", "B"), equal_params_width=32,
                             train_fn=train, eval_fn=lambda *a, **k: None)
     cfgs = dict(train.calls)
@@ -200,6 +202,8 @@ def test_orchestration_runs_seeds_both_budgets_and_the_equal_parameter_row(tmp_p
     assert cfgs["single_denoise_seed1"].seed == 1 and cfgs["mtl_ew"].seed == 0
     # Budget B: each of the two specialists gets half the steps (equal examples per task).
     assert cfgs["single_inpaint_B"].num_train_steps == 2
+    # ... on the same schedule, compressed: the warmup scales with the steps.
+    assert cfgs["single_inpaint"].warmup_steps == 4 and cfgs["single_inpaint_B"].warmup_steps == 2
     assert cfgs["single_inpaint"].num_train_steps == cfgs["mtl_famo"].num_train_steps == 4
     assert cfgs["mtl_ew-w32"].model.width == 32 and cfgs["mtl_ew"].model.width == 8
     assert cfgs["mtl_ew-w32"].weighting.name == "ew"

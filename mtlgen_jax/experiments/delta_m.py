@@ -459,6 +459,17 @@ def run_name(base: str, seed: int, first_seed: int) -> str:
     return base if seed == first_seed else f"{base}_seed{seed}"
 
 
+def specialist_config(config, task: str, steps: int, t_steps: int
+                      ) -> ml_collections.ConfigDict:
+    """The single-task config of ``task`` for ``t_steps`` steps, its learning-rate warmup
+    scaled by ``t_steps / steps`` (budget B): a specialist on a fraction of the steps runs
+    the same schedule compressed, not the multi-task model's warmup over most of its run."""
+    cfg = single_task_config(config, task, t_steps)
+    if t_steps != steps:
+        cfg.warmup_steps = max(1, round(config.warmup_steps * t_steps / steps))
+    return cfg
+
+
 def budget_b_steps(config, task: str, steps: int) -> int:
     """Budget B: a specialist sees as many examples of its task as the multi-task model
     (``steps`` x its share of each batch, i.e. steps / T with equal mixture weights), so
@@ -595,7 +606,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
             t_steps = steps if b == "A" else budget_b_steps(config, t, steps)
             base = f"single_{t}" if b == "A" else f"single_{t}_B"
             plan += [(f"single_{b}", t, run_name(base, s, first),
-                      with_seed(single_task_config(config, t, t_steps), s)) for s in seeds]
+                      with_seed(specialist_config(config, t, steps, t_steps), s))
+                     for s in seeds]
     for spec in names:
         spec_seeds = seeds if spec in seeded else seeds[:1]
         plan += [("multi", spec, run_name(f"mtl_{spec}", s, first),
