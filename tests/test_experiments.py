@@ -295,6 +295,8 @@ def test_learning_curves_count_each_tasks_images_and_average_seeds(tmp_path):
     # A multi-task model with the task at 1/7 of a batch of 32: 32/7 images per step.
     assert dm_plots.mean_curve(runs, "denoise", 32 / 7) == [
         (pytest.approx(100 * 32 / 7), 10.5), (pytest.approx(200 * 32 / 7), 13.5)]
+    # The final evaluation (other crops) left out of a curve:
+    assert dm_plots.mean_curve(runs, "denoise", 1.0, before=200) == [(100.0, 10.5)]
 
 
 def test_orchestration_evaluates_a_run_that_lacks_its_final_eval(tmp_path):

@@ -646,12 +646,13 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
                                                  seeds=seeds),
                      name="delta_m" if b == "A" else f"delta_m_{b}")
         out[b] = table
-    write_plots(workdir, config, tasks, out, paths)
+    write_plots(workdir, config, tasks, steps, out, paths)
     return out
 
 
-def write_plots(workdir: str, config, tasks: Sequence[str], rows_by_budget: Mapping,
-                paths: Mapping[tuple[str, str], Sequence[str]]) -> None:
+def write_plots(workdir: str, config, tasks: Sequence[str], steps: int,
+                rows_by_budget: Mapping, paths: Mapping[tuple[str, str], Sequence[str]]
+                ) -> None:
     """`delta_m_tradeoff.png` (Δm against step time) and `delta_m_curves.png` (per-task
     PSNR against the task's images seen: the specialists of the first budget, `ew`, the
     best other multi-task row of that budget by Δm, and the equal-parameter row)."""
@@ -663,15 +664,17 @@ def write_plots(workdir: str, config, tasks: Sequence[str], rows_by_budget: Mapp
     rows = [r for r in rows_by_budget[budget] if r.method != REFERENCE]
     weights = {t: float((config.tasks.get(t) or {}).get("weight", 1.0)) for t in tasks}
     batch = float(config.batch_size)
-    series = {f"single-task ({budget})": {t: (paths[(f"single_{budget}", t)], batch)
-                                          for t in tasks}}
+    single_steps = {t: steps if budget == "A" else budget_b_steps(config, t, steps)
+                    for t in tasks}
+    series = {f"single-task ({budget})": {t: (paths[(f"single_{budget}", t)], batch,
+                                              single_steps[t]) for t in tasks}}
     ranked = sorted((r for r in rows if math.isfinite(r.delta_m)), key=lambda r: -r.delta_m)
     picks = [BASE_STRATEGY] + [r.method for r in ranked if r.method != BASE_STRATEGY][:1]
     picks += [r.method for r in rows if r.method.startswith(f"{BASE_STRATEGY}-w")]
     for m in dict.fromkeys(picks):
         if ("multi", m) in paths:
-            series[m] = {t: (paths[("multi", m)], batch * weights[t] / sum(weights.values()))
-                         for t in tasks}
+            series[m] = {t: (paths[("multi", m)], batch * weights[t] / sum(weights.values()),
+                             steps) for t in tasks}
     delta_m_plots.curves(tasks, series, os.path.join(workdir, "delta_m_curves.png"))
 
 

@@ -9,7 +9,8 @@
   less? A multi-task model sees ``step x batch x share`` of a task's images by step
   ``step`` (``share`` = the task's mixture weight over the sum), a specialist
   ``step x batch``. The points are the evaluations during training (``eval_every_steps``,
-  ``eval.num_batches_during_training`` batches) and the final one.
+  on the same ``eval.num_batches_during_training`` batches each time); the final
+  evaluation, on ``eval.num_batches`` batches, is in the tables, not on the curves.
 """
 
 from __future__ import annotations
@@ -86,22 +87,25 @@ def eval_points(workdir: str, task: str, metric: str = "psnr") -> list[tuple[int
     return sorted(found.items())
 
 
-def mean_curve(runs: Sequence[str], task: str, images_per_step: float
-               ) -> list[tuple[float, float]]:
+def mean_curve(runs: Sequence[str], task: str, images_per_step: float,
+               before: int | None = None) -> list[tuple[float, float]]:
     """(images of ``task`` seen, mean PSNR gain over ``runs``) at the steps every run
-    evaluated."""
+    evaluated (those < ``before`` where given)."""
     per_run = [dict(eval_points(w, task)) for w in runs]
     steps = sorted(set.intersection(*(set(p) for p in per_run))) if per_run else []
+    steps = [s for s in steps if before is None or s < before]
     return [(s * images_per_step, statistics.fmean(p[s] for p in per_run)) for s in steps]
 
 
-def curves(tasks: Sequence[str], series: Mapping[str, Mapping[str, tuple[Sequence[str], float]]],
+def curves(tasks: Sequence[str],
+           series: Mapping[str, Mapping[str, tuple[Sequence[str], float, int | None]]],
            path: str) -> bool:
     """Draws per-task PSNR gain against that task's training images seen.
 
     Args:
       tasks: one panel each.
-      series: label -> task -> (the run workdirs to average, images of the task per step).
+      series: label -> task -> (the run workdirs to average, images of the task per step,
+        the runs' last step: its evaluation, on other crops, is left out, or None).
       path: the PNG.
 
     Returns whether a picture was written.
@@ -114,8 +118,8 @@ def curves(tasks: Sequence[str], series: Mapping[str, Mapping[str, tuple[Sequenc
         for i, (label, per_task) in enumerate(series.items()):
             if task not in per_task:
                 continue
-            runs, per_step = per_task[task]
-            pts = mean_curve(runs, task, per_step)
+            runs, per_step, last = per_task[task]
+            pts = mean_curve(runs, task, per_step, before=last)
             if pts:
                 ax.plot(*zip(*pts), marker="o", ms=3, color=f"C{i}", label=label,
                         ls="--" if i == 0 else "-")
@@ -123,7 +127,10 @@ def curves(tasks: Sequence[str], series: Mapping[str, Mapping[str, tuple[Sequenc
         ax.set_xlabel(f"{task} training images seen")
         ax.set_ylabel("PSNR gain over the trivial baseline (dB)")
         ax.set_title(task)
-    axes[0][0].legend(fontsize=7)
+    for ax in axes[0]:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+            break
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
