@@ -434,3 +434,14 @@ def test_objectives_experiment_configs_and_table():
         ("classical", 0, 26.0)]
     md = objx.format_markdown(table)
     assert "| denoise | bridge | 4 | 24.000 |" in md and "| denoise | classical | – | 26.000" in md
+
+
+def test_with_objective_drops_what_only_the_old_objective_takes():
+    bridge = dict(weight=4.0, objective="bridge", bridge_noise=0.1, endpoint_fraction=0.5,
+                  sample_steps=1, loss="relative")
+    assert default.with_objective(bridge, "diffusion", loss="l2") == dict(
+        weight=4.0, objective="diffusion", sample_steps=1, loss="l2")
+    assert default.with_objective(bridge, "regression") == dict(
+        weight=4.0, objective="regression", loss="relative")
+    assert default.with_objective(bridge, "bridge", bridge_noise=0.2) == dict(
+        bridge, bridge_noise=0.2)

@@ -474,9 +474,14 @@ def budget_b_steps(config, task: str, steps: int) -> int:
     """Budget B: a specialist sees as many examples of its task as the multi-task model
     (``steps`` x its share of each batch, i.e. steps / T with equal mixture weights), so
     the T specialists together cost what the one multi-task model costs."""
-    names = task_names(config)
-    weights = {t: float((config.tasks.get(t) or {}).get("weight", 1.0)) for t in names}
-    return max(1, round(steps * weights[task] / sum(weights.values())))
+    return max(1, round(steps * task_shares(config)[task]))
+
+
+def task_shares(config) -> dict[str, float]:
+    """Each task's share of every multi-task batch: its mixture weight over the sum."""
+    weights = {t: float((config.tasks.get(t) or {}).get("weight", 1.0))
+               for t in task_names(config)}
+    return {t: w / sum(weights.values()) for t, w in weights.items()}
 
 
 def parse_rows(text: str) -> dict[str, tuple[str, dict]]:
@@ -662,7 +667,7 @@ def write_plots(workdir: str, config, tasks: Sequence[str], steps: int,
                            reference=REFERENCE, base=BASE_STRATEGY)
     budget = next(iter(rows_by_budget))
     rows = [r for r in rows_by_budget[budget] if r.method != REFERENCE]
-    weights = {t: float((config.tasks.get(t) or {}).get("weight", 1.0)) for t in tasks}
+    shares = task_shares(config)
     batch = float(config.batch_size)
     single_steps = {t: steps if budget == "A" else budget_b_steps(config, t, steps)
                     for t in tasks}
@@ -673,8 +678,7 @@ def write_plots(workdir: str, config, tasks: Sequence[str], steps: int,
     picks += [r.method for r in rows if r.method.startswith(f"{BASE_STRATEGY}-w")]
     for m in dict.fromkeys(picks):
         if ("multi", m) in paths:
-            series[m] = {t: (paths[("multi", m)], batch * weights[t] / sum(weights.values()),
-                             steps) for t in tasks}
+            series[m] = {t: (paths[("multi", m)], batch * shares[t], steps) for t in tasks}
     delta_m_plots.curves(tasks, series, os.path.join(workdir, "delta_m_curves.png"))
 
 
