@@ -588,6 +588,9 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
                          "examples per task, equal total compute)")
     if equal_params_width is not None and equal_params_width < 1:
         raise ValueError(f"equal_params_width={equal_params_width} must be >= 1")
+    if equal_params_width is not None:  # a row like any other: ew at another width
+        rows = {f"ew-w{equal_params_width}": ("ew", {"model.width": int(equal_params_width)}),
+                **(rows or {})}
     extra = {}
     for name, (spec, overrides) in (rows or {}).items():
         if name in names or name == REFERENCE:
@@ -617,12 +620,6 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
         spec_seeds = seeds if spec in seeded else seeds[:1]
         plan += [("multi", spec, run_name(f"mtl_{spec}", s, first),
                   with_seed(multi_task_config(config, spec, steps), s)) for s in spec_seeds]
-    if equal_params_width is not None:
-        wide = multi_task_config(config, "ew", steps)
-        wide.model.width = int(equal_params_width)
-        method = f"ew-w{equal_params_width}"
-        plan += [("multi", method, run_name(f"mtl_{method}", s, first), with_seed(wide, s))
-                 for s in seeds]
     for method, cfg in extra.items():
         plan += [("multi", method, run_name(f"mtl_{method}", s, first), with_seed(cfg, s))
                  for s in seeds]
