@@ -75,7 +75,7 @@ def main(argv):
     tf.config.set_visible_devices([], "GPU")
     from mtlgen_jax import cpu_devices
 
-    # CPU hosts: one JAX device per core (up to 8) unless XLA_FLAGS says otherwise.
+    # CPU hosts: two JAX devices per core (up to 8) unless XLA_FLAGS says otherwise.
     if FLAGS.mode == "train":
         run_config = FLAGS.config
     else:  # inference modes run with the workdir's own config
@@ -132,4 +132,7 @@ def _run_mode(mg, overrides):
 
 
 if __name__ == "__main__":
+    from mtlgen_jax import cpu_devices as _cpu
+
+    _cpu.reexec_with_huge_pages()  # once, before anything starts (see the module)
     app.run(main)

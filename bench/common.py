@@ -31,7 +31,11 @@ import numpy as np  # noqa: E402
 
 
 def load_config(name: str = "default", variant: str = ""):
-    """``configs/<name>.py``'s ``get_config(variant)``."""
+    """``configs/<name>.py``'s ``get_config(variant)``; ``name`` may be ``'default:vit'``
+    (the launcher's ``--config configs/default.py:vit`` spelling, without the path)."""
+    name = name.removeprefix("configs/").replace(".py", "")
+    if ":" in name:
+        name, variant = name.split(":", 1)
     return importlib.import_module(f"configs.{name}").get_config(variant)
 
 
@@ -238,6 +242,7 @@ def machine() -> dict[str, Any]:
         "optax": _version("optax"),
         "numpy": np.__version__,
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+        "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", ""),  # huge pages: cpu_devices
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     for name in ("torch", "tensorflow"):  # only when this run imported them

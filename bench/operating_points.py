@@ -64,4 +64,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from mtlgen_jax import cpu_devices as _cpu
+
+    _cpu.reexec_with_huge_pages()  # XLA:CPU step buffers on huge pages (see the module)
     main()

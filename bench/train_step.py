@@ -147,10 +147,13 @@ def temp_bytes(compiled) -> int | None:
     return int(value) if value is not None else None
 
 
-def attention_impl(compiled) -> str:
-    """The ``jax.nn.dot_product_attention`` implementation in a compiled step: 'cudnn' when
-    its program calls cuDNN's fused attention, else 'xla' (XLA's einsum-softmax-einsum)."""
-    return "cudnn" if "__cudnn$fmha" in compiled.as_text() else "xla"
+def attention_impl(compiled, configured: str | None) -> str:
+    """The attention that ran in a compiled step: 'cudnn' when its program calls cuDNN's
+    fused attention, else 'vit.attention' (``model.attention_impl=None``: our head-major
+    formulation) or 'xla' (``jax.nn.dot_product_attention``'s XLA implementation)."""
+    if "__cudnn$fmha" in compiled.as_text():
+        return "cudnn"
+    return "vit.attention" if configured is None else "xla"
 
 
 class JaxContender:
@@ -440,7 +443,8 @@ def main(argv=None) -> dict:
                                                ips.get("vit_torch_compile")),
         "vit_over_unet": common.ratio(ips.get("vit_jax"), ips.get("jax")),
         "vit_temp_bytes": vit.temp_bytes if vit else None,
-        "attention_impl": attention_impl(vit.compiled) if vit else None,
+        "attention_impl": (attention_impl(vit.compiled, vit.config.model.attention_impl)
+                           if vit else None),
         "vit_attention_impl_config": vit_config.model.attention_impl if vit else None,
         "vit_batch_size": vit_config.batch_size if vit else None,
         "vit_num_params": vit.bench.num_params if vit else None,
@@ -492,4 +496,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    from mtlgen_jax import cpu_devices as _cpu
+
+    _cpu.reexec_with_huge_pages()  # XLA:CPU step buffers on huge pages (see the module)
     main()

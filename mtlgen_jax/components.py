@@ -126,8 +126,9 @@ def _check_vit_config(m, image_size: int, dtype: str) -> None:
                          "position code splits it over rows and columns, sin and cos).")
     impl = m.attention_impl
     if impl not in ATTENTION_IMPLS:
-        raise ValueError(f"model.attention_impl={impl!r} is unknown; use None (XLA's), 'xla' "
-                         "or 'cudnn'.")
+        raise ValueError(f"model.attention_impl={impl!r} is unknown; use None (the default: "
+                         "mtlgen_jax.models.vit.attention), 'xla' (jax.nn.dot_product_attention's "
+                         "XLA implementation) or 'cudnn'.")
     if impl == "cudnn":
         head = m.width // m.num_heads
         if dtype != "bfloat16":

@@ -15,7 +15,7 @@ import pytest
 
 from configs import default
 from mtlgen_jax import components, workdir
-from mtlgen_jax.models import MultiTaskModel
+from mtlgen_jax.models import MultiTaskModel, vit
 from mtlgen_jax.models.vit import sincos_2d
 from mtlgen_jax.tasks import Condition
 
@@ -218,12 +218,47 @@ def test_bfloat16_computes_in_bfloat16_with_float32_params_and_outputs(model_and
 
 
 def test_cudnn_attention_asked_on_cpu_runs_xla_with_the_same_result(model_and_params):
+    _, params = model_and_params
+    params = jax.tree.map(lambda p: p + 0.02 * jnp.ones_like(p), params)
+    x, cond, t, task_id, label = inputs()
+    ref = jax.jit(vit_model(impl="xla").apply)({"params": params}, x, cond, t, task_id, label)
+    out = jax.jit(vit_model(impl="cudnn").apply)({"params": params}, x, cond, t, task_id, label)
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_head_major_attention_equals_jax_nn_values_and_gradients():
+    """vit.attention (the default, impl=None) is jax.nn.dot_product_attention rewritten:
+    the same values and gradients, on head-major arrays; large logits stay finite."""
+    k1, k2, k3, k4 = jax.random.split(jax.random.key(1), 4)
+    q, k, v, do = (jax.random.normal(kk, (2, 3, 10, 8)) for kk in (k1, k2, k3, k4))
+    q = q * 30.0  # logits of several hundred: the row maximum must be subtracted
+
+    def ours(q, k, v):
+        return jnp.sum(vit.attention(q, k, v) * do)
+
+    def reference(q, k, v):
+        bthe = lambda a: a.transpose(0, 2, 1, 3)  # noqa: E731
+        out = jax.nn.dot_product_attention(bthe(q), bthe(k), bthe(v), implementation="xla")
+        return jnp.sum(bthe(out) * do)
+
+    val, grads = jax.value_and_grad(ours, argnums=(0, 1, 2))(q, k, v)
+    ref_val, ref_grads = jax.value_and_grad(reference, argnums=(0, 1, 2))(q, k, v)
+    assert np.isfinite(val)
+    np.testing.assert_allclose(val, ref_val, rtol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        assert float(jnp.abs(r).max()) > 0
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5 * float(jnp.abs(r).max()))
+
+
+def test_default_attention_model_equals_jax_nn_attention_model(model_and_params):
+    """The whole model on impl=None (vit.attention) and 'xla' (jax.nn), with the adaLN
+    gates open (params + 0.02), so every block's attention reaches the output."""
     model, params = model_and_params
     params = jax.tree.map(lambda p: p + 0.02 * jnp.ones_like(p), params)
     x, cond, t, task_id, label = inputs()
-    ref = jax.jit(model.apply)({"params": params}, x, cond, t, task_id, label)
-    out = jax.jit(vit_model(impl="cudnn").apply)({"params": params}, x, cond, t, task_id, label)
-    np.testing.assert_array_equal(out, ref)
+    out = jax.jit(model.apply)({"params": params}, x, cond, t, task_id, label)
+    ref = jax.jit(vit_model(impl="xla").apply)({"params": params}, x, cond, t, task_id, label)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
 
 
 def _model_cfg(**kw):

@@ -694,7 +694,7 @@ def main(argv: Sequence[str]) -> None:
     tf.config.set_visible_devices([], "GPU")  # tf.data must not take accelerator memory
     from mtlgen_jax import cpu_devices
 
-    cpu_devices.configure(f.config)  # CPU hosts: one JAX device per core (see the module)
+    cpu_devices.configure(f.config)  # CPU hosts: two JAX devices per core (see the module)
     seeds = [int(x) for x in f.seeds.split(",") if x.strip()] if f.seeds else None
     seeded = [x.strip() for x in f.seeded.split(",") if x.strip()]
     try:
@@ -739,4 +739,7 @@ def _cli() -> None:
 
 
 if __name__ == "__main__":
+    from mtlgen_jax import cpu_devices as _cpu
+
+    _cpu.reexec_with_huge_pages()  # XLA:CPU step buffers on huge pages (see the module)
     _cli()

@@ -39,8 +39,13 @@ U-ViT's long skips.
   falls short of the U-Net on fine detail (a zero-initialised ``skip -> Dense``
   added to the deep tokens would keep the identity).
 
-Attention runs through ``jax.nn.dot_product_attention``: ``attention_impl=None`` or
-``'xla'`` is XLA's fused attention; ``'cudnn'`` asks for cuDNN's flash attention
+Attention: ``attention_impl=None`` (the default) is :func:`attention`, softmax
+attention written in the form XLA compiles best on CPU (the default DiT's train
+step, 2 CPU devices with huge pages, ran 77.9 images/s with it against 62.9 with
+``jax.nn.dot_product_attention``'s XLA implementation; same values and gradients,
+tested); ``'xla'`` is that
+``jax.nn.dot_product_attention`` implementation; ``'cudnn'`` asks
+``jax.nn.dot_product_attention`` for cuDNN's flash attention
 (GPU, bfloat16/float16, head size a multiple of 8 up to 128; ``check_model_config``
 refuses the other cases before compiling). On a platform without cuDNN (CPU, TPU) a
 ``'cudnn'`` model runs XLA's attention instead, with a warning -- the parameters
@@ -112,6 +117,25 @@ def _resolve_impl(impl: str | None) -> str | None:
     return impl
 
 
+def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Softmax attention on head-major arrays: q, k, v ``[B, H, T, E]`` -> ``[B, H, T, E]``.
+
+    The same function as ``jax.nn.dot_product_attention``'s XLA implementation
+    (tested equal), written in the form XLA:CPU runs fastest: the heads lead (no
+    transposes between the products), the row maximum is a constant for
+    differentiation (softmax does not depend on it, so the gradients are exact),
+    and the normalisation divides the ``[T, E]`` output instead of the ``[T, T]``
+    probabilities. On the 2-core CPU of the README, for the default DiT's attention
+    (32 x 4 heads x 256 tokens x 24): forward 6 ms against 29 ms for
+    ``jax.nn.dot_product_attention``, forward + backward 48 against 96 ms.
+    """
+    scores = jnp.einsum("bhqe,bhke->bhqk", q * (q.shape[-1] ** -0.5), k)
+    scores = scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True))
+    probs = jnp.exp(scores)  # unnormalised
+    out = jnp.einsum("bhqk,bhke->bhqe", probs, v)
+    return out / probs.sum(axis=-1, keepdims=True).astype(out.dtype)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention over tokens, through ``jax.nn.dot_product_attention``.
 
@@ -132,10 +156,14 @@ class Attention(nn.Module):
         dense = functools.partial(capacity.dense, task_id=task_id, num_tasks=self.num_tasks,
                                   lora_rank=self.lora_rank, dtype=self.dtype,
                                   kernel_init=_dense_init)
-        qkv = dense(x, 3 * d, name="qkv")
-        q, k, v = jnp.split(qkv.reshape(b, t, 3, self.num_heads, d // self.num_heads), 3, axis=2)
-        out = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0],
-                                           implementation=_resolve_impl(self.attention_impl))
+        qkv = dense(x, 3 * d, name="qkv").reshape(b, t, 3, self.num_heads, d // self.num_heads)
+        impl = _resolve_impl(self.attention_impl)
+        if impl is None:  # head-major: [3, B, H, T, E]
+            q, k, v = qkv.transpose(2, 0, 3, 1, 4)
+            out = attention(q, k, v).transpose(0, 2, 1, 3)  # [B, T, H, E]
+        else:
+            out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
+                                               implementation=impl)
         return dense(out.reshape(b, t, d), d, name="proj")
 
 
@@ -207,8 +235,8 @@ class DiT(nn.Module):
       num_classes: number of class labels, or 0 for none. Index ``num_classes``
         is the "no label" token (unconditional / classifier-free guidance).
       dropout: dropout rate inside the MLPs.
-      attention_impl: ``jax.nn.dot_product_attention``'s implementation (None, 'xla',
-        'cudnn').
+      attention_impl: None (:func:`attention`), or ``jax.nn.dot_product_attention``'s
+        implementation ('xla', 'cudnn').
       task_lora_rank: r > 0 adds a per-task rank-r update to the qkv and output
         projections and both MLP layers of every block (``capacity.TaskLoRADense``;
         zero at init); 0 = off. (No per-task FiLM: adaLN already conditions every
