@@ -126,8 +126,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     differentiation (softmax does not depend on it, so the gradients are exact),
     and the normalisation divides the ``[T, E]`` output instead of the ``[T, T]``
     probabilities. On the 2-core CPU of the README, for the default DiT's attention
-    (32 x 4 heads x 256 tokens x 24): forward 6 ms against 29 ms for
-    ``jax.nn.dot_product_attention``, forward + backward 48 against 96 ms.
+    (32 x 4 heads x 256 tokens x 24, with the qkv and output projections, one device,
+    huge pages): forward 6.5 ms against 14.5 ms for ``jax.nn.dot_product_attention``,
+    forward + backward 47.7 against 65.4 ms.
 
     As in ``jax.nn``, the scores, the softmax and its normaliser are float32 whatever
     the inputs' dtype; the probabilities enter the second product in ``v``'s dtype.
