@@ -12,8 +12,8 @@ nash_mtl). On one H100 expect several steps per second; use --distributed on pod
 
 `configs/cifar10.py:vit` swaps the U-Net for a DiT-S/2 transformer backbone
 (`mtlgen_jax/models/vit.py`, 32.6M parameters; cuDNN attention on GPUs). Neither
-variant has been timed on an accelerator yet (`python bench/gpu.py` does it in under
-4 minutes on a lent H100/H200; no accelerator was lent to the sessions so far); the
+variant has been timed on an accelerator yet (`python bench/gpu.py` is sized to do it in
+under 4 minutes on a lent H100/H200; no accelerator was lent to the sessions so far); the
 CPU-sized pair, `configs/default.py` and its `:vit`, is measured in the README.
 """
 
