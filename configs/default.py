@@ -76,6 +76,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.dataset.train_split = "train"
     c.dataset.test_split = "test"
     c.dataset.shuffle_buffer = 10_000
+    # Training images under random flips ('flip') or flips and quarter turns ('dihedral'),
+    # drawn per example inside the step (step.augment); 'none' for data with an
+    # orientation (digits, faces: generate and class labels).
+    c.dataset.augment = "none"
 
     # The task mixture: `names` in task-id order; each task's weight is its share
     # of every batch. Parameters not listed take the task's defaults.

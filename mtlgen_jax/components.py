@@ -23,7 +23,7 @@ from mtlgen_jax import diffusion, parallel, tasks, transfer, weighting
 from mtlgen_jax.models import MultiTaskModel
 from mtlgen_jax.models.multitask import BACKBONES
 from mtlgen_jax.models.vit import ATTENTION_IMPLS
-from mtlgen_jax.step import LossTransform, TrainState, mixture_counts, train_step
+from mtlgen_jax.step import AUGMENTS, LossTransform, TrainState, mixture_counts, train_step
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -46,6 +46,7 @@ class Components:
     grad_accum_steps: int  # micro-batches per device per step
     grad_space: str  # gradient methods: 'params' | 'representation' (see grad_space())
     nonfinite: str  # 'halt' | 'skip' (see train.py)
+    augment: str = "none"  # training images: 'none' | 'flip' | 'dihedral' (step.augment)
 
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -246,6 +247,10 @@ def build(config, info) -> Components:
     if config.diffusion.prediction not in ("eps", "v", "x0"):
         raise ValueError(f"diffusion.prediction={config.diffusion.prediction!r}: use eps, v or x0.")
     check_model_config(config.model, info.image_size, config.dtype)
+    augment = config.dataset.get("augment", "none")
+    if augment not in AUGMENTS:
+        raise ValueError(f"dataset.augment={augment!r} is unknown; use one of {AUGMENTS} "
+                         "(random flips / flips and quarter turns of each training image).")
     task_list = tasks.create_all(config.tasks, channels=info.channels, image_size=info.image_size,
                                  num_classes=info.num_classes or 0)
     mixture_counts([t.weight for t in task_list], config.batch_size)  # every task gets examples
@@ -270,7 +275,8 @@ def build(config, info) -> Components:
         prediction=config.diffusion.prediction,
         discrete_steps=config.diffusion.discrete_steps or None, global_batch=config.batch_size,
         ema_decay=config.ema_decay, grad_accum_steps=config.grad_accum_steps,
-        grad_space=grad_space(config.weighting), nonfinite=config.nonfinite.policy)
+        grad_space=grad_space(config.weighting), nonfinite=config.nonfinite.policy,
+        augment=augment)
 
 
 def init_params(model: MultiTaskModel, info, rng: jax.Array):

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mtlgen_jax import diffusion, objectives
+from mtlgen_jax import diffusion, ensemble, objectives
 from mtlgen_jax.images import to_float
 from mtlgen_jax.models import capacity
 from mtlgen_jax.parallel import AXIS
@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 # ``loss_transform(losses [K], step) -> losses [K]``: applied to every (micro-)batch's
 # per-task losses before the weighting sees them (e.g. fault injection in tests).
 LossTransform = Callable[[jax.Array, jax.Array], jax.Array]
+
+# Training-image augmentations (``dataset.augment``): how many elements of the dihedral
+# group of the square (``ensemble.transform``) each clean image is drawn from.
+AUGMENTS = ("none", "flip", "dihedral")
+_GROUP = {"none": (0,), "flip": (0, 4), "dihedral": tuple(range(ensemble.SIZE))}
 
 
 @flax.struct.dataclass
@@ -91,6 +96,25 @@ def assign_tasks(comp: Components, key: jax.Array, local_batch: int) -> jax.Arra
     return jax.lax.dynamic_slice_in_dim(ids, start, local_batch)
 
 
+def augment(x0: jax.Array, keys: jax.Array, kind: str) -> jax.Array:
+    """Each clean training image [B, H, W, C] under an element of the dihedral group drawn
+    from its own key (``keys`` [B]): ``'flip'`` a left-right mirror with probability 1/2,
+    ``'dihedral'`` one of the 8 flips and quarter turns (H == W), ``'none'`` unchanged.
+
+    The augmentation of SR and restoration training (EDSR, Lim et al. 2017): the task's
+    degradations commute with these transforms (``mtlgen_jax.ensemble``), so each
+    transformed image is a valid example, and a network that sees them all is closer to
+    the equivariance that the test-time self-ensemble assumes. Keyed per example like the
+    degradations, so a run computes the same on every device count.
+    """
+    group = _GROUP[kind]
+    if len(group) == 1:
+        return x0
+    g = jax.vmap(lambda k: jax.random.randint(k, (), 0, len(group)))(keys)
+    options = jnp.stack([ensemble.transform(x0, i) for i in group])  # [G, B, H, W, C]
+    return options[g, jnp.arange(x0.shape[0])]
+
+
 def make_inputs(comp: Components, x0, labels, task_id, keys, *, train: bool):
     """Condition, the task objective's inputs (``objectives.TrainInputs``), loss mask and
     model labels of each example."""
@@ -132,6 +156,9 @@ def _model_inputs(comp: Components, batch, *, train: bool):
     """The model's positional inputs, the objective's inputs and the loss mask."""
     task_id = batch["task_id"]
     x0 = to_float(batch["image"])
+    if train:  # its own stream: the other draws of an example are those of no augmentation
+        aug_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0xA06))(batch["keys"][:, 0])
+        x0 = augment(x0, aug_keys, comp.augment)
     cond, inputs, mask, model_labels = make_inputs(comp, x0, batch["label"], task_id,
                                                    batch["keys"], train=train)
     return (inputs.x_t, cond, inputs.t, task_id, model_labels), inputs, mask
