@@ -6,8 +6,8 @@ Same data (the embedded `photo_patches`, evaluated on held-out photographs), mod
 (width 32, 1.12M parameters), objectives, task shares (super-resolution 4/7 of each
 batch), biharmonic inpainting start and FAMO weighting as `configs/default.py`,
 trained 6000 steps of 32 instead of 2000 (1700 when it was measured: 42.7 min then,
-before the faster CPU step of session 9; not re-timed since). Target: beat each task's classical method
-(non-local means with the true sigma, biharmonic inpainting, bicubic) at 1 sampling
+before the faster CPU step of session 9; not re-timed since). Target: beat each task's
+classical method (non-local means with the true sigma, biharmonic inpainting, bicubic) at 1 sampling
 step, and colorize >= +2 dB over gray (README "Results" has the measured numbers).
 A wider model was not measured against this budget.
 """
