@@ -69,7 +69,8 @@ def test_the_mean_of_consistent_estimates_of_transformed_conditions_is_consisten
 def test_the_sampler_ensembles_in_one_call_what_eight_calls_give():
     cfg = default.get_config("tiny")
     cfg.tasks.names = "super_resolve,generate"
-    cfg.tasks.super_resolve = dict(cfg.tasks.super_resolve, residual=False, loss="l2")
+    cfg.tasks.super_resolve = default.with_objective(  # a head that starts random
+        cfg.tasks.super_resolve, "regression", residual=False, loss="l2")
     info = DatasetInfo("synthetic", None, 3, 16, 64, 8, "train", "test")
     comp = components.build(cfg, info)
     params = components.init_params(comp.model, info, jax.random.key(0))  # random heads
