@@ -254,3 +254,6 @@ def shrink(c: ml_collections.ConfigDict) -> None:
     c.eval.batch_size = 8
     c.eval.num_batches = 1
     c.eval.sample_steps = 2
+    for name in c.tasks.names.split(","):  # per-task step counts no larger than that
+        if c.tasks[name].get("sample_steps"):
+            c.tasks[name].sample_steps = min(c.tasks[name].sample_steps, c.eval.sample_steps)

@@ -106,6 +106,12 @@ ADDED_KEYS = {
     "model.task_lora_rank": 0,
     "eval.self_ensemble": False,
     "tasks.inpaint.fill": "harmonic",
+    "dataset.augment": "none",
+    # Bridge and step-count keys the default's tasks gained (each task's own default).
+    "tasks.super_resolve.bridge_noise": 0.2,
+    "tasks.super_resolve.endpoint_fraction": 0.0,
+    "tasks.super_resolve.sample_steps": None,
+    "tasks.colorize.sample_steps": None,
 }
 
 
