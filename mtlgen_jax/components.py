@@ -46,7 +46,7 @@ class Components:
     grad_accum_steps: int  # micro-batches per device per step
     grad_space: str  # gradient methods: 'params' | 'representation' (see grad_space())
     nonfinite: str  # 'halt' | 'skip' (see train.py)
-    augment: str = "none"  # training images: 'none' | 'flip' | 'dihedral' (step.augment)
+    augment: str  # training images: 'none' | 'flip' | 'dihedral' (step.augment)
 
     @property
     def task_names(self) -> tuple[str, ...]:

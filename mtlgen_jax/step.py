@@ -31,10 +31,10 @@ if TYPE_CHECKING:
 # per-task losses before the weighting sees them (e.g. fault injection in tests).
 LossTransform = Callable[[jax.Array, jax.Array], jax.Array]
 
-# Training-image augmentations (``dataset.augment``): how many elements of the dihedral
-# group of the square (``ensemble.transform``) each clean image is drawn from.
-AUGMENTS = ("none", "flip", "dihedral")
+# Training-image augmentations (``dataset.augment``): the elements of the dihedral group
+# of the square (``ensemble.transform``) each clean image is drawn from.
 _GROUP = {"none": (0,), "flip": (0, 4), "dihedral": tuple(range(ensemble.SIZE))}
+AUGMENTS = tuple(_GROUP)
 
 
 @flax.struct.dataclass
@@ -156,7 +156,7 @@ def _model_inputs(comp: Components, batch, *, train: bool):
     """The model's positional inputs, the objective's inputs and the loss mask."""
     task_id = batch["task_id"]
     x0 = to_float(batch["image"])
-    if train:  # its own stream: the other draws of an example are those of no augmentation
+    if train and comp.augment != "none":  # its own stream: the other draws are unchanged
         aug_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0xA06))(batch["keys"][:, 0])
         x0 = augment(x0, aug_keys, comp.augment)
     cond, inputs, mask, model_labels = make_inputs(comp, x0, batch["label"], task_id,

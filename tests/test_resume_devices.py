@@ -8,7 +8,7 @@ A run of 8 steps saves at step 3; a copy of its workdir without the later checkp
 stands for a run killed after step 3, and is resumed on another device count and
 backend: 8 -> 2 (pmap), 8 -> 1 (shard_map), 1 -> 8 (shard_map), and 8 -> 8 (bitwise).
 Only the pmap resume compiles anew (the others find ref8's or ref1's program in the
-cache): an optimised compile costs about 40 s here.
+cache): 1 -> 8 on shard_map instead of pmap took the fixture from 250 to 178 s here.
 Each launch is one process (the device count is fixed when JAX starts), one after
 another (multi-device processes sharing the 2 test cores were seen to hang).
 
