@@ -26,3 +26,14 @@ import jax  # noqa: E402
 
 # Test compiles dominate the suite; the speed of the compiled code does not matter here.
 jax.config.update("jax_disable_most_optimizations", True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules marked ``heavy`` first, in file order, then the rest (a stable sort).
+
+    The README's test command runs the suite on two pytest-xdist workers, a module
+    (and its module-scoped fixture) per worker (``--dist loadfile``) in this order
+    (``--no-loadscope-reorder``): the modules that take minutes start at once, and the
+    many small ones fill in beside them instead of leaving one worker idle at the end.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)

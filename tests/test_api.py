@@ -1,9 +1,9 @@
 """The notebook API and the eval/sample modes, on a checkpoint written with 8 devices."""
 
 import os
-import subprocess
 import sys
 
+import _serial
 import chex
 import jax
 import numpy as np
@@ -12,6 +12,8 @@ import pytest
 import mtlgen_jax as mg
 from mtlgen_jax import data
 
+pytestmark = pytest.mark.heavy  # minutes of compiles: scheduled first (conftest.py)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -19,7 +21,7 @@ def launch(*args, devices=1, timeout=600):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
                "--xla_cpu_collective_call_terminate_timeout_seconds=120",
                JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
-    proc = subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT, env=env,
+    proc = _serial.run([sys.executable, "launch.py", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-5000:]
     return proc

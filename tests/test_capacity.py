@@ -18,6 +18,8 @@ from mtlgen_jax.data import DatasetInfo
 from mtlgen_jax.models import MultiTaskModel, capacity
 from mtlgen_jax.tasks import Condition
 
+pytestmark = pytest.mark.heavy  # minutes of compiles: scheduled first (conftest.py)
+
 TASKS = ("denoise", "inpaint", "generate")
 UNET = dict(width=8, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), num_heads=2)
 VIT = dict(width=16, depth=2, num_heads=2, patch_size=2, mlp_ratio=4.0)

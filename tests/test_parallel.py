@@ -12,10 +12,14 @@ import socket
 import subprocess
 import sys
 
+import _serial
 import numpy as np
 import pytest
+from _serial import multidevice
 
 from mtlgen_jax import weighting
+
+pytestmark = pytest.mark.heavy  # minutes of compiles: scheduled first (conftest.py)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # On 2 busy cores a device thread can be starved past XLA's 40 s collective rendezvous
@@ -79,7 +83,8 @@ def runs():
         "pm8": ("--devices", 8, "--backend", "pmap", *common),
         "acc": ("--devices", 2, "--accum", 2, "--weighting", "ew,mgda,mgda-ub", *common),
     }
-    return {k: finish(start(*args)) for k, args in specs.items()}
+    with multidevice():
+        return {k: finish(start(*args)) for k, args in specs.items()}
 
 
 def test_one_device_equals_eight(runs):
@@ -127,11 +132,12 @@ def test_two_processes_equal_one(runs, tmp_path):
     """Also: orbax's multi-host preemption sync point answers (no preemption) on a real
     2-process run -- Checkpointer.reached_preemption no longer swallows its errors."""
     port = free_port()
-    procs = [start("--devices", 4, "--num_processes", 2, "--process_id", i, "--port", port,
-                   "--small", "--steps", 2, "--weighting", "ew,mgda-ub",
-                   "--preemption_dir", tmp_path) for i in range(2)]
-    results = [finish(p) if i == 0 else procs[1].communicate(timeout=600) for i, p in
-               enumerate(procs)]
+    with multidevice():
+        procs = [start("--devices", 4, "--num_processes", 2, "--process_id", i, "--port", port,
+                       "--small", "--steps", 2, "--weighting", "ew,mgda-ub",
+                       "--preemption_dir", tmp_path) for i in range(2)]
+        results = [finish(p) if i == 0 else procs[1].communicate(timeout=600) for i, p in
+                   enumerate(procs)]
     assert procs[1].returncode == 0, results[1][1][-3000:]
     two = results[0]
     assert two["processes"] == 2 and two["devices"] == 8
@@ -172,7 +178,7 @@ def test_rows_are_padded_to_the_device_count_and_the_padding_dropped():
     backend): 5 rows are padded to 8, one per device, and come back as the 5 rows."""
     env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8 " + COLLECTIVE_TIMEOUT,
                JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", PADDING_CHECK], env=env,
+    proc = _serial.run([sys.executable, "-c", PADDING_CHECK], env=env,
                           cwd=os.path.dirname(HERE),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -204,7 +210,7 @@ def test_sampling_is_deterministic_and_equal_on_1_and_8_devices():
         env = dict(_env(), XLA_FLAGS=f"--xla_force_host_platform_device_count={n} "
                    + COLLECTIVE_TIMEOUT,
                    JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
-        proc = subprocess.run([sys.executable, "-c", SAMPLING_CHECK], env=env,
+        proc = _serial.run([sys.executable, "-c", SAMPLING_CHECK], env=env,
                               cwd=os.path.dirname(HERE), capture_output=True, text=True,
                               timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -214,49 +220,3 @@ def test_sampling_is_deterministic_and_equal_on_1_and_8_devices():
         assert results[1][objective]["same"] and results[8][objective]["same"]
         one, eight = (np.asarray(results[n][objective]["samples"], np.int32) for n in (1, 8))
         assert np.abs(one - eight).max() <= 1, objective  # uint8: float reduction order
-
-
-CIFAR10_CHECK = """
-import json, sys
-sys.path.insert(0, ".")
-import jax, tensorflow_datasets as tfds
-from configs import cifar10
-from mtlgen_jax import train, writers
-c = cifar10.get_config()
-# The model shrunk to compile in seconds; the batch sizes, tasks, bf16 and guidance are
-# the config's own (batch 256, evaluation batch 256 over 8 devices, 5 tasks).
-c.model.width, c.model.channel_mult, c.model.num_res_blocks = 8, (1, 2), 1
-c.model.attn_resolutions, c.model.num_heads = (), 1
-c.batch_size = 40  # 5 tasks x 8 devices; the evaluation batch stays the config's 256
-c.num_train_steps, c.warmup_steps, c.log_every_steps = 2, 1, 1
-c.eval_every_steps, c.checkpoint_every_steps = 2, 2
-c.eval.num_batches, c.eval.sample_steps = 1, 1
-c.dataset.data_dir = sys.argv[1]
-# tfds's MockFs swaps the process's file system while mock_data builds the evaluation
-# dataset, under orbax's thread still finalising the last async save (test_train's
-# test_mock_catalog_dataset): here, where the evaluation runs inside training, save
-# synchronously. No real run mocks its file system.
-c.async_checkpoints = False
-with tfds.testing.mock_data(num_examples=300):
-    state = train.Trainer(c, sys.argv[2]).run()
-row = [r for r in writers.read_metrics(sys.argv[2]) if "eval/inpaint/psnr" in r][-1]
-print("RESULT " + json.dumps({"devices": jax.device_count(), "step": int(state.step),
-                              "eval": {k: v for k, v in row.items() if k.startswith("eval/")}}))
-"""
-
-
-def test_cifar10_config_trains_and_evaluates_on_8_devices(tmp_path):
-    """configs/cifar10.py through tfds.testing.mock_data on 8 simulated devices: trains,
-    saves, and the final evaluation (its real batch of 256 over 8 devices, 5 tasks,
-    classifier-free guidance, bfloat16) reports every task's metrics."""
-    env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8 " + COLLECTIVE_TIMEOUT,
-               JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
-    proc = subprocess.run([sys.executable, "-c", CIFAR10_CHECK, str(tmp_path / "tfds"),
-                           str(tmp_path / "run")], env=env, cwd=os.path.dirname(HERE),
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out = _parse(proc.stdout)
-    assert out["devices"] == 8 and out["step"] == 2
-    for task in ("inpaint", "super_resolve", "colorize", "denoise"):
-        assert np.isfinite(out["eval"][f"eval/{task}/psnr"]), task
-    assert any(k.startswith("eval/generate/") for k in out["eval"])

@@ -7,15 +7,19 @@ import subprocess
 import sys
 import time
 
+import _serial
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _serial import multidevice
 
 from configs import default
 from mtlgen_jax import train, writers
 from mtlgen_jax.checkpoint import Checkpointer, CheckpointError
+
+pytestmark = pytest.mark.heavy  # minutes of compiles: scheduled first (conftest.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6
@@ -95,13 +99,14 @@ def straight(tmp_path_factory, data_dir):
     """One uninterrupted run, and one killed with SIGKILL after step 2 and resumed."""
     root = tmp_path_factory.mktemp("rel")
     a, b = root / "a", root / "b"
-    procs = [spawn(a, data_dir), spawn(b, data_dir, "--config.debug.step_delay_s=1.0")]
-    wait_for_checkpoint(str(b), 2, procs[1])
-    procs[1].send_signal(signal.SIGKILL)
-    procs[1].wait()
-    wait_ok(procs[0])
-    assert not os.path.exists(os.path.join(b, "checkpoints", str(STEPS)))
-    wait_ok(spawn(b, data_dir))  # resume to the end
+    with multidevice():
+        procs = [spawn(a, data_dir), spawn(b, data_dir, "--config.debug.step_delay_s=1.0")]
+        wait_for_checkpoint(str(b), 2, procs[1])
+        procs[1].send_signal(signal.SIGKILL)
+        procs[1].wait()
+        wait_ok(procs[0])
+        assert not os.path.exists(os.path.join(b, "checkpoints", str(STEPS)))
+        wait_ok(spawn(b, data_dir))  # resume to the end
     return a, b
 
 
@@ -119,10 +124,11 @@ def test_kill_and_resume_is_bitwise_identical(straight, data_dir):
 
 
 def test_sigterm_saves_and_stops(tmp_path, data_dir):
-    proc = spawn(tmp_path / "p", data_dir, "--config.debug.step_delay_s=1.0")
-    wait_for_checkpoint(str(tmp_path / "p"), 2, proc)
-    proc.send_signal(signal.SIGTERM)
-    err = wait_ok(proc)
+    with multidevice():
+        proc = spawn(tmp_path / "p", data_dir, "--config.debug.step_delay_s=1.0")
+        wait_for_checkpoint(str(tmp_path / "p"), 2, proc)
+        proc.send_signal(signal.SIGTERM)
+        err = wait_ok(proc)
     assert "preempted at step" in err
     steps = sorted(int(s) for s in os.listdir(tmp_path / "p" / "checkpoints") if s.isdigit())
     # A checkpoint at the step it was stopped (resuming from it is test_kill_and_resume's path).
@@ -218,7 +224,7 @@ def test_corrupt_checkpoint_names_step_and_file_then_resume_step_continues(strai
         train.Trainer(config(data_dir), str(work)).initial_state()
     assert sorted(str(p) for p in last.rglob("*")) == before  # left as it was
     # The command line ends with the message itself, not TensorStore's traceback.
-    proc = subprocess.run(args_for(work, data_dir), cwd=ROOT, env=env(), capture_output=True,
+    proc = _serial.run(args_for(work, data_dir), cwd=ROOT, env=env(), capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 1
     # (`in`, not startswith: a background thread's shutdown noise, e.g. asyncio's "Event

@@ -2,9 +2,9 @@
 inference modes that hear (or refuse) command-line overrides."""
 
 import os
-import subprocess
 import sys
 
+import _serial
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +17,8 @@ from mtlgen_jax import workdir as workdir_lib
 from mtlgen_jax.data import DatasetInfo
 from mtlgen_jax.images import to_float, to_uint8
 from mtlgen_jax.tasks.inpaint import FILLS, smooth_fill
+
+pytestmark = pytest.mark.heavy  # minutes of compiles: scheduled first (conftest.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = "denoise,inpaint,super_resolve,colorize"
@@ -152,7 +154,7 @@ def trained(tmp_path_factory):
 def launch(*args, timeout=600):
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
                JAX_DISABLE_MOST_OPTIMIZATIONS="1")
-    return subprocess.run([sys.executable, "launch.py", *map(str, args)], cwd=ROOT, env=env,
+    return _serial.run([sys.executable, "launch.py", *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

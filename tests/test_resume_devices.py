@@ -24,9 +24,9 @@ a smooth function of the gradient.
 import json
 import os
 import shutil
-import subprocess
 import sys
 
+import _serial
 import chex
 import jax
 import numpy as np
@@ -34,6 +34,8 @@ import pytest
 
 from configs import default
 from mtlgen_jax import train, writers
+
+pytestmark = pytest.mark.heavy  # minutes of compiles: scheduled first (conftest.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, SAVED = 8, 3
@@ -51,7 +53,7 @@ def launch(workdir, data_dir, devices, backend="shard_map"):
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     env.pop("JAX_DISABLE_MOST_OPTIMIZATIONS", None)  # the optimised path
-    proc = subprocess.run(
+    proc = _serial.run(
         [sys.executable, "launch.py", "--config", "configs/default.py:tiny",
          "--workdir", str(workdir), f"--config.dataset.data_dir={data_dir}",
          f"--config.num_train_steps={STEPS}", f"--config.checkpoint_every_steps={SAVED}",

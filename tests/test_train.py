@@ -15,6 +15,8 @@ import mtlgen_jax as mg
 from configs import default
 from mtlgen_jax import api, train, writers
 
+pytestmark = pytest.mark.heavy  # minutes of compiles: scheduled first (conftest.py)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -4,9 +4,9 @@ old U-Net workdirs, 1 device == 8 devices, and a tiny run through launch.py."""
 
 import json
 import os
-import subprocess
 import sys
 
+import _serial
 import chex
 import jax
 import jax.numpy as jnp
@@ -18,6 +18,8 @@ from mtlgen_jax import components, workdir
 from mtlgen_jax.models import MultiTaskModel, vit
 from mtlgen_jax.models.vit import sincos_2d
 from mtlgen_jax.tasks import Condition
+
+pytestmark = pytest.mark.heavy  # minutes of compiles: scheduled first (conftest.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = ("denoise", "inpaint", "generate")
@@ -373,7 +375,7 @@ print("RESULT " + json.dumps({k: run(*v) for k, v in RUNS.items()}))
 @pytest.fixture(scope="module")
 def multidevice_runs():
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    proc = subprocess.run([sys.executable, "-c", MULTIDEVICE, ROOT], env=env, cwd=ROOT,
+    proc = _serial.run([sys.executable, "-c", MULTIDEVICE, ROOT], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-5000:]
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
@@ -407,7 +409,7 @@ def test_tiny_run_through_launch_then_restore_sample_and_tile(tmp_path):
                JAX_DISABLE_MOST_OPTIMIZATIONS="1",
                XLA_FLAGS="--xla_force_host_platform_device_count=2 "
                          "--xla_cpu_collective_call_terminate_timeout_seconds=120")
-    proc = subprocess.run(
+    proc = _serial.run(
         [sys.executable, "launch.py", "--config", "configs/default.py:vit,tiny", "--workdir", wd,
          f"--config.dataset.data_dir={tmp_path / 'tfds'}", "--config.num_train_steps=2",
          "--config.tasks.names=denoise,inpaint,generate",
