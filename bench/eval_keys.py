@@ -37,16 +37,18 @@ def fill_alone(names: str, seed: int) -> float:
 
 
 def main(out_path: str) -> None:
-    by_task = evaluate.task_key
+    by_task = evaluate.task_key  # evaluate() looks it up at call time: swapped below
     out = {}
-    for keying in ("position", "task"):
-        for names in TASK_LISTS:
-            evaluate.task_key = names.split(",").index if keying == "position" else by_task
-            psnr = [fill_alone(names, seed) for seed in (0, 1, 2)]
-            out[f"{keying}: {names}"] = psnr
-            print(f"keyed by {keying}, tasks {names}: {np.mean(psnr):.3f} ± "
-                  f"{np.std(psnr, ddof=1):.3f} dB {np.round(psnr, 3).tolist()}", flush=True)
-    evaluate.task_key = by_task
+    try:
+        for keying in ("position", "task"):
+            for names in TASK_LISTS:
+                evaluate.task_key = names.split(",").index if keying == "position" else by_task
+                psnr = [fill_alone(names, seed) for seed in (0, 1, 2)]
+                out[f"{keying}: {names}"] = psnr
+                print(f"keyed by {keying}, tasks {names}: {np.mean(psnr):.3f} ± "
+                      f"{np.std(psnr, ddof=1):.3f} dB {np.round(psnr, 3).tolist()}", flush=True)
+    finally:
+        evaluate.task_key = by_task
     Path(out_path).write_text(json.dumps(out, indent=1))
 
 

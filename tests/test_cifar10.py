@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from test_parallel import COLLECTIVE_TIMEOUT, HERE, _env, _parse
 
-pytestmark = pytest.mark.heavy
+pytestmark = pytest.mark.heavy  # minutes of compiles: scheduled first (conftest.py)
 
 CIFAR10_CHECK = """
 import json, sys
@@ -43,7 +43,6 @@ print("RESULT " + json.dumps({"devices": jax.device_count(), "step": int(state.s
 """
 
 
-
 def test_cifar10_config_trains_and_evaluates_on_8_devices(tmp_path):
     """configs/cifar10.py through tfds.testing.mock_data on 8 simulated devices: trains,
     saves, and the final evaluation (its real batch of 256 over 8 devices, 5 tasks,
@@ -51,8 +50,8 @@ def test_cifar10_config_trains_and_evaluates_on_8_devices(tmp_path):
     env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8 " + COLLECTIVE_TIMEOUT,
                JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
     proc = _serial.run([sys.executable, "-c", CIFAR10_CHECK, str(tmp_path / "tfds"),
-                           str(tmp_path / "run")], env=env, cwd=os.path.dirname(HERE),
-                          capture_output=True, text=True, timeout=900)
+                        str(tmp_path / "run")], env=env, cwd=os.path.dirname(HERE),
+                       capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = _parse(proc.stdout)
     assert out["devices"] == 8 and out["step"] == 2

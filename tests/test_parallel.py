@@ -179,8 +179,8 @@ def test_rows_are_padded_to_the_device_count_and_the_padding_dropped():
     env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8 " + COLLECTIVE_TIMEOUT,
                JAX_PLATFORMS="cpu")
     proc = _serial.run([sys.executable, "-c", PADDING_CHECK], env=env,
-                          cwd=os.path.dirname(HERE),
-                          capture_output=True, text=True, timeout=300)
+                       cwd=os.path.dirname(HERE),
+                       capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for backend, r in _parse(proc.stdout).items():
         assert r == {"n": 5, "padded": 8, "shards": 8, "ok": True}, backend
@@ -211,8 +211,8 @@ def test_sampling_is_deterministic_and_equal_on_1_and_8_devices():
                    + COLLECTIVE_TIMEOUT,
                    JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
         proc = _serial.run([sys.executable, "-c", SAMPLING_CHECK], env=env,
-                              cwd=os.path.dirname(HERE), capture_output=True, text=True,
-                              timeout=600)
+                           cwd=os.path.dirname(HERE), capture_output=True, text=True,
+                           timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         results[n] = _parse(proc.stdout)
     assert results[8]["devices"] == 8

@@ -225,7 +225,7 @@ def test_corrupt_checkpoint_names_step_and_file_then_resume_step_continues(strai
     assert sorted(str(p) for p in last.rglob("*")) == before  # left as it was
     # The command line ends with the message itself, not TensorStore's traceback.
     proc = _serial.run(args_for(work, data_dir), cwd=ROOT, env=env(), capture_output=True,
-                          text=True, timeout=600)
+                       text=True, timeout=600)
     assert proc.returncode == 1
     # (`in`, not startswith: a background thread's shutdown noise, e.g. asyncio's "Event
     # loop is closed" traceback, can land on the same line without a newline.)

@@ -155,7 +155,7 @@ def launch(*args, timeout=600):
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
                JAX_DISABLE_MOST_OPTIMIZATIONS="1")
     return _serial.run([sys.executable, "launch.py", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+                       capture_output=True, text=True, timeout=timeout)
 
 
 def test_mode_restore_writes_the_photo_and_refuses_bad_input(trained):

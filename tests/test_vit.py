@@ -376,7 +376,7 @@ print("RESULT " + json.dumps({k: run(*v) for k, v in RUNS.items()}))
 def multidevice_runs():
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = _serial.run([sys.executable, "-c", MULTIDEVICE, ROOT], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
+                       capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-5000:]
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
     return json.loads(line[len("RESULT "):])
