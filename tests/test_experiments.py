@@ -276,6 +276,20 @@ def test_extra_rows_train_every_seed_with_their_overrides(tmp_path):
             dm.parse_rows(bad)
 
 
+def test_a_row_with_another_task_mixture_is_compared_under_budget_a_only(tmp_path):
+    """Budget B's specialists take the config's mixture shares of the steps: a row that
+    changes the mixture has none of its own there, so it is left out of B (and said so)."""
+    rows = dm.parse_rows("mix=ew:tasks.denoise.weight=3.0; film=ew:model.task_film=True")
+    workdir = str(tmp_path / "dm")
+    out = dm.run_experiment(_config(), workdir, "ew", steps=4, budgets=("A", "B"), rows=rows,
+                            train_fn=FakeTrainer(), eval_fn=lambda *a, **k: None)
+    assert [r.method for r in out["A"]] == ["single-task", "ew", "mix", "film"]
+    assert [r.method for r in out["B"]] == ["single-task", "ew", "film"]
+    text = open(os.path.join(workdir, "delta_m_B.md")).read()
+    assert "Not in this table: mix (another task mixture" in text
+    assert "Not in this table" not in open(os.path.join(workdir, "delta_m.md")).read()
+
+
 def test_learning_curves_count_each_tasks_images_and_average_seeds(tmp_path):
     runs = []
     for seed, (a, b) in enumerate(((20.0, 22.0), (21.0, 25.0))):

@@ -398,8 +398,9 @@ def build_rows(tasks: Sequence[str], single: Mapping, multi: Mapping
 
 
 def notes(config, tasks: Sequence[str], steps: int, used: Mapping[str, bool],
-          budget: str = "A", seeds: Sequence[int] = ()) -> str:
-    """The Markdown text above the table: what was compared and how."""
+          budget: str = "A", seeds: Sequence[int] = (), a_only: Sequence[str] = ()) -> str:
+    """The Markdown text above the table: what was compared and how; ``a_only`` names the
+    rows with another task mixture than the config's (budget A only)."""
     left_out = [t for t in tasks if not any(k.startswith(t + "/") for k in used)]
     sampled = [t for t in tasks
                if (config.tasks.get(t) or {}).get("objective", "diffusion") != "regression"]
@@ -420,6 +421,9 @@ def notes(config, tasks: Sequence[str], steps: int, used: Mapping[str, bool],
             f"at global batch {config.batch_size}; each specialist trains as many steps as "
             f"its task's share of those batches ({per_task}), so it sees as many examples of "
             "its task and the T specialists together cost what one multi-task model costs.")
+        if a_only:
+            budget_text += (f" Not in this table: {', '.join(a_only)} (another task mixture, "
+                            "which these specialists' steps do not follow; budget A only).")
     seed_text = ""
     if len(seeds) > 1:
         seed_text = (f" Seeds {', '.join(map(str, seeds))} (`seed`: initialisation, data "
@@ -475,6 +479,10 @@ def budget_b_steps(config, task: str, steps: int) -> int:
     (``steps`` x its share of each batch, i.e. steps / T with equal mixture weights), so
     the T specialists together cost what the one multi-task model costs."""
     return max(1, round(steps * task_shares(config)[task]))
+
+
+def _same_shares(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
+    return a.keys() == b.keys() and all(math.isclose(a[t], b[t], rel_tol=1e-9) for t in a)
 
 
 def task_shares(config) -> dict[str, float]:
@@ -597,6 +605,10 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
             raise ValueError(f"--rows name {name!r} is already a row; pick another")
         parse_strategies(spec, config)
         extra[name] = with_overrides(multi_task_config(config, spec, steps), overrides)
+    # Budget B sizes each specialist by the config's task mixture; a row with another
+    # mixture has no specialists of its own there, so it is compared under budget A only.
+    a_only = sorted(name for name, cfg in extra.items()
+                    if not _same_shares(task_shares(cfg), task_shares(config)))
     if train_fn is None:
         from mtlgen_jax.train import train_and_evaluate as train_fn
     if eval_fn is None:
@@ -643,9 +655,11 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
         if missing:
             raise RuntimeError(f"budget {b}: no finished single-task run of {missing[0]} to "
                                "compare with; run without --finished_only to train it")
-        table, keys, used = build_rows(tasks, found[f"single_{b}"], found.get("multi", {}))
+        multi = {k: v for k, v in found.get("multi", {}).items()
+                 if b == "A" or k not in a_only}
+        table, keys, used = build_rows(tasks, found[f"single_{b}"], multi)
         write_tables(workdir, table, keys, notes(config, tasks, steps, used, budget=b,
-                                                 seeds=seeds),
+                                                 seeds=seeds, a_only=a_only),
                      name="delta_m" if b == "A" else f"delta_m_{b}")
         out[b] = table
     write_plots(workdir, config, tasks, steps, out, paths)
