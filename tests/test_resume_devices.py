@@ -2,7 +2,8 @@
 
 Every other test compiles with ``jax_disable_most_optimizations``; these runs do not,
 so "1 device = 8 devices" and "kill/resume is bitwise" are checked on the optimised
-path too, with the tiny config's two-level U-Net (strided down- and upsampling).
+path too, with the tiny config widened to a two-level U-Net with attention (strided
+down- and upsampling).
 
 A run of 8 steps saves at step 3; a copy of its workdir without the later checkpoints
 stands for a run killed after step 3, and is resumed on another device count and
@@ -40,6 +41,10 @@ pytestmark = pytest.mark.heavy  # minutes of compiles: scheduled first (conftest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, SAVED = 8, 3
 COLLECTIVE_TIMEOUT = "--xla_cpu_collective_call_terminate_timeout_seconds=120"
+# Two levels (strided down- and upsampling) and attention, on the optimised path: the
+# tiny config has one level and no attention since the rest of the suite compiles it.
+UNET = {"model.channel_mult": (1, 2), "model.attn_resolutions": (8,)}
+UNET_FLAGS = [f"--config.{k}={v}".replace(" ", "") for k, v in UNET.items()]
 
 
 def launch(workdir, data_dir, devices, backend="shard_map"):
@@ -60,6 +65,7 @@ def launch(workdir, data_dir, devices, backend="shard_map"):
          "--config.keep_checkpoints=5", "--config.log_every_steps=1",
          "--config.eval.num_batches=0", "--config.tasks.names=denoise,inpaint",
          "--config.adam_eps=1e-3",  # Adam's update smooth in g (as tests/_multidevice.py)
+         *UNET_FLAGS,
          f"--config.parallel.backend={backend}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -84,6 +90,7 @@ def final(workdir, data_dir):
     c = default.get_config("tiny")
     c.dataset.data_dir = str(data_dir)
     c.tasks.names = "denoise,inpaint"
+    c.update_from_flattened_dict(UNET)
     state, position = train.Trainer(c, str(workdir)).initial_state()
     return jax.device_get(state), position
 
