@@ -30,6 +30,8 @@ at the U-Net's wall time (1300 steps against 1700) it scored denoise 27.75, colo
 import ml_collections
 from ml_collections import config_dict
 
+from mtlgen_jax.objective_params import with_objective
+
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -214,9 +216,6 @@ def use_vit(c: ml_collections.ConfigDict, *, width: int = 96, depth: int = 6,
     c.model.attention_impl = attention_impl
 
 
-BRIDGE_ONLY = ("bridge_noise", "endpoint_fraction")  # task keys that only a bridge takes
-
-
 def one_pass_super_resolve(c: ml_collections.ConfigDict) -> None:
     """The default's objectives before super-resolution moved to the bridge: super-
     resolution a one-pass residual regression, colorize at ``eval.sample_steps``. The
@@ -224,21 +223,6 @@ def one_pass_super_resolve(c: ml_collections.ConfigDict) -> None:
     their published numbers stay reproducible."""
     c.tasks.super_resolve = with_objective(dict(c.tasks.super_resolve), "regression")
     c.tasks.colorize = {k: v for k, v in dict(c.tasks.colorize).items() if k != "sample_steps"}
-
-
-def with_objective(task: dict, objective: str, **params) -> dict:
-    """``task``'s parameters moved to ``objective`` (and ``params``): the bridge's own keys
-    are dropped off the bridge, and ``sample_steps`` whenever the objective changes (a
-    count chosen for one sampler, e.g. the bridge's 1-step fidelity point, would run
-    another's, e.g. DDIM, at that count) and from a one-pass regression, so a config can
-    re-use a task of this one on another objective."""
-    out = dict(task, objective=objective, **params)
-    changed = task.get("objective", "diffusion") != objective
-    for key in (BRIDGE_ONLY if objective != "bridge" else ()) + (
-            ("sample_steps",) if changed or objective == "regression" else ()):
-        if key not in params:
-            out.pop(key, None)
-    return out
 
 
 def shrink(c: ml_collections.ConfigDict) -> None:

@@ -36,6 +36,7 @@ import ml_collections
 from absl import logging
 
 from mtlgen_jax.experiments import delta_m
+from mtlgen_jax.objective_params import with_objective
 
 # name -> (objective, residual)
 OBJECTIVES = {
@@ -56,12 +57,8 @@ def objective_config(config: ml_collections.ConfigDict, name: str) -> ml_collect
     cfg = config.copy_and_resolve_references()
     cfg.unlock()
     for task in delta_m.task_names(cfg):
-        params = dict(cfg.tasks.get(task, {}) or {})
-        params.update(objective=objective, residual=residual)
-        # What only the config's own objective takes (configs/default.py:with_objective).
-        drop = (("bridge_noise", "endpoint_fraction") if objective != "bridge" else ()) + (
-            ("sample_steps",) if objective == "regression" else ())
-        params = {k: v for k, v in params.items() if k not in drop}
+        params = with_objective(dict(cfg.tasks.get(task, {}) or {}), objective,
+                                residual=residual)
         if params.get("loss") == "relative" and not (residual or objective == "bridge"):
             params["loss"] = "l2"  # plain diffusion has no start to be relative to
         cfg.tasks[task] = params
