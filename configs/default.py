@@ -82,7 +82,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # Training images under random flips ('flip') or flips and quarter turns ('dihedral'),
     # drawn per example inside the step (step.augment); 'none' for data with an
     # orientation (digits, faces: generate and class labels).
-    # 'flip', measured on seeds 1 and 2 (README "Results"): super-resolution +0.15 / +0.23 dB,
+    # 'flip', measured on seeds 1 and 2 (README "Results"): super-resolution +0.23 / +0.15 dB,
     # colorize +0.48 / +0.71, every target met on both; seed 0 not yet run, so still 'none'.
     c.dataset.augment = "none"
 
