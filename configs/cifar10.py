@@ -8,7 +8,9 @@ prepared directory on hosts without internet). A DDPM-sized U-Net (width 128,
 every device of every host, 200k steps. Class-conditional generation with
 classifier-free guidance, inpainting, 2x super-resolution, colorization and
 denoising, with equal task weights (try --config.weighting.name=famo or
-nash_mtl). On one H100 expect several steps per second; use --distributed on pods.
+nash_mtl); training images mirrored left-right at random (the default's
+`dataset.augment='flip'`, as DDPM trained on CIFAR-10). On one H100 expect several
+steps per second; use --distributed on pods.
 
 `configs/cifar10.py:vit` swaps the U-Net for a DiT-S/2 transformer backbone
 (`mtlgen_jax/models/vit.py`, 32.6M parameters; cuDNN attention on GPUs). Neither

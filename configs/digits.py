@@ -20,6 +20,7 @@ def get_config(variant: str = ""):
     c = default.get_config()
     c.dataset.name = "digits"
     c.dataset.image_size = 16
+    c.dataset.augment = "none"  # a mirrored digit is not a digit (generate's class labels)
     c.batch_size = 64
     c.num_train_steps = 2000
     c.learning_rate = 2e-3

@@ -21,6 +21,7 @@ def get_config(variant: str = ""):
     c = default.get_config()
     default.one_pass_super_resolve(c)  # the objectives it was measured with
     c.num_train_steps = 6000
+    c.dataset.augment = "none"  # as it was measured (the default flips since)
     c.warmup_steps = 200
     c.eval_every_steps = 6000
     c.checkpoint_every_steps = 500

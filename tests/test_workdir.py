@@ -28,8 +28,9 @@ FIRST_RELEASE_KEYS = frozenset((
 
 
 # Keys whose default config value is not what runs before them did: their backfill is
-# the old behaviour (evaluation without the self-ensemble), the default the new one.
-DEFAULT_CHANGED = {"eval.self_ensemble"}
+# the old behaviour (evaluation without the self-ensemble, training without flips), the
+# default the new one.
+DEFAULT_CHANGED = {"eval.self_ensemble", "dataset.augment"}
 
 
 def leaves(d, prefix=""):
