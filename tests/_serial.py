@@ -7,13 +7,22 @@ its termination timeout). Every test that launches such a process holds this loc
 for the process's lifetime, so those runs follow one another as in a one-process
 suite, while the other worker goes on with in-process tests. Without xdist (no
 ``PYTEST_XDIST_TESTRUNUID``) the lock is a no-op.
+
+The chain of lock holders is the suite's critical path on 2 cores: each hold and wait is
+appended to the file ``$MTLGEN_TEST_LOCK_LOG`` names (set by conftest.py), and the
+terminal summary prints :func:`summary` of it.
 """
 
+import collections
 import contextlib
 import fcntl
+import json
 import os
 import subprocess
 import tempfile
+import time
+
+LOG_ENV = "MTLGEN_TEST_LOCK_LOG"
 
 
 @contextlib.contextmanager
@@ -25,11 +34,42 @@ def multidevice():
         return
     path = os.path.join(tempfile.gettempdir(), f"mtlgen_tests_{uid}.multidevice.lock")
     with open(path, "a") as f:
+        asked = time.monotonic()
         fcntl.flock(f, fcntl.LOCK_EX)
+        got = time.monotonic()
         try:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+            _record(waited=got - asked, held=time.monotonic() - got)
+
+
+def _record(waited: float, held: float) -> None:
+    """Appends one hold of the lock (by the test running now) to ``$MTLGEN_TEST_LOCK_LOG``."""
+    log = os.environ.get(LOG_ENV)
+    if not log:
+        return
+    test = os.environ.get("PYTEST_CURRENT_TEST", "?")  # 'path::name (setup|call)'
+    with open(log, "a") as f:  # one short O_APPEND write per line: whole lines
+        f.write(json.dumps({"test": test, "waited": waited, "held": held}) + "\n")
+
+
+def summary(lines, top: int = 8) -> list[str]:
+    """Text lines about the lock from the log's JSON lines: the total time it was held
+    (the serial chain) and waited for, then the ``top`` holders by time held."""
+    held, waited = collections.Counter(), collections.Counter()
+    for line in lines:
+        if line.strip():
+            r = json.loads(line)
+            held[r["test"]] += r["held"]
+            waited[r["test"]] += r["waited"]
+    if not held:
+        return []
+    out = [f"multi-device lock: held {sum(held.values()):.0f} s in all (the serial chain), "
+           f"waited for {sum(waited.values()):.0f} s, {len(held)} holders; longest holds:"]
+    out += [f"  {t:7.1f} s held, {waited[name]:6.1f} s waited  {name}"
+            for name, t in held.most_common(top)]
+    return out
 
 
 def run(*args, **kwargs) -> subprocess.CompletedProcess:

@@ -22,6 +22,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
                       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                       JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
+import _serial  # noqa: E402
 import jax  # noqa: E402
 
 # Test compiles dominate the suite; the speed of the compiled code does not matter here.
@@ -37,3 +38,23 @@ def pytest_collection_modifyitems(config, items):
     many small ones fill in beside them instead of leaving one worker idle at the end.
     """
     items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+
+
+def pytest_configure(config):
+    """The controller (not an xdist worker) names the multi-device lock's log, which the
+    workers it starts inherit (tests/_serial.py)."""
+    if not hasattr(config, "workerinput") and _serial.LOG_ENV not in os.environ:
+        fd, log = tempfile.mkstemp(prefix="mtlgen_tests_lock_", suffix=".jsonl")
+        os.close(fd)
+        atexit.register(lambda: os.path.exists(log) and os.remove(log))
+        os.environ[_serial.LOG_ENV] = log
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Where the 2 test cores' serial chain went: the multi-device lock's holders."""
+    log = os.environ.get(_serial.LOG_ENV)
+    if hasattr(config, "workerinput") or not log or not os.path.exists(log):
+        return
+    with open(log) as f:
+        for line in _serial.summary(f.readlines()):
+            terminalreporter.write_line(line)
