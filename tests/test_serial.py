@@ -22,25 +22,30 @@ def test_summary_totals_and_orders_the_holders():
 
 
 def test_holds_are_logged_with_their_wait(tmp_path, monkeypatch):
-    """Two threads take the lock in turn: the second waits about as long as the first holds."""
+    """Two threads take the lock in turn: the second waits about as long as the first holds
+    after the second has asked for it."""
     log = tmp_path / "lock.jsonl"
     monkeypatch.setenv("PYTEST_XDIST_TESTRUNUID", f"selftest{os.getpid()}")
     monkeypatch.setenv(_serial.LOG_ENV, str(log))
-    first_in = threading.Event()
+    first_in, second_asks = threading.Event(), threading.Event()
 
-    def hold(seconds, signal=None):
+    def first():
         with _serial.multidevice():
-            if signal:
-                signal.set()
-            time.sleep(seconds)
+            first_in.set()
+            second_asks.wait(timeout=60)
+            time.sleep(0.5)  # the second thread is waiting for the lock meanwhile
 
-    a = threading.Thread(target=hold, args=(0.3, first_in))
+    a = threading.Thread(target=first)
     a.start()
-    first_in.wait()
-    hold(0.0)
+    first_in.wait(timeout=60)
+    second_asks.set()
+    with _serial.multidevice():
+        pass
     a.join()
-    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    # Each holder logs after it lets go, so the two lines may come in either order.
+    rows = sorted((json.loads(line) for line in log.read_text().splitlines()),
+                  key=lambda r: r["held"])
     assert len(rows) == 2
-    assert rows[0]["held"] >= 0.3 and rows[0]["waited"] < 0.2
-    assert rows[1]["waited"] >= 0.2  # waited for the first holder's 0.3 s
+    assert rows[1]["held"] >= 0.5
+    assert rows[0]["held"] < rows[1]["held"] and rows[0]["waited"] >= 0.25
     assert all(r["test"].startswith("tests/test_serial.py::") for r in rows)
