@@ -5,8 +5,10 @@ XLA:CPU devices, run at once on the 2 test cores, were seen to hang in a collect
 (one device thread never reaches the rendezvous, and XLA aborts the process after
 its termination timeout). Every test that launches such a process holds this lock
 for the process's lifetime, so those runs follow one another as in a one-process
-suite, while the other worker goes on with in-process tests. Without xdist (no
-``PYTEST_XDIST_TESTRUNUID``) the lock is a no-op.
+suite, while the other worker goes on with in-process tests. A process of one device
+and one process (``devices=1``) has no collective to hang in and runs like an
+in-process test, without the lock. Without xdist (no ``PYTEST_XDIST_TESTRUNUID``) the
+lock is a no-op.
 
 The chain of lock holders is the suite's critical path on 2 cores: each hold and wait is
 appended to the file ``$MTLGEN_TEST_LOCK_LOG`` names (set by conftest.py), and the
@@ -26,10 +28,11 @@ LOG_ENV = "MTLGEN_TEST_LOCK_LOG"
 
 
 @contextlib.contextmanager
-def multidevice():
-    """Holds the run's multi-device lock (an exclusive ``flock``) while the block runs."""
+def multidevice(devices: int | None = None):
+    """Holds the run's multi-device lock (an exclusive ``flock``) while the block runs;
+    ``devices=1`` (one single-device process: no collectives) holds nothing."""
     uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    if not uid:
+    if not uid or devices == 1:
         yield
         return
     path = os.path.join(tempfile.gettempdir(), f"mtlgen_tests_{uid}.multidevice.lock")
@@ -72,7 +75,7 @@ def summary(lines, top: int = 8) -> list[str]:
     return out
 
 
-def run(*args, **kwargs) -> subprocess.CompletedProcess:
-    """``subprocess.run`` under the lock."""
-    with multidevice():
+def run(*args, devices: int | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run`` under the lock (none for ``devices=1``: see :func:`multidevice`)."""
+    with multidevice(devices):
         return subprocess.run(*args, **kwargs)

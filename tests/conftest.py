@@ -22,8 +22,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
                       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                       JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
+import _schedule  # noqa: E402
 import _serial  # noqa: E402
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 # Test compiles dominate the suite; the speed of the compiled code does not matter here.
 jax.config.update("jax_disable_most_optimizations", True)
@@ -38,6 +40,15 @@ def pytest_collection_modifyitems(config, items):
     many small ones fill in beside them instead of leaving one worker idle at the end.
     """
     items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: pytest without xdist ignores it
+def pytest_xdist_make_scheduler(config, log):
+    """With ``--dist loadfile`` (the README's command): the modules that launch
+    multi-device processes go to one worker, the rest to the other (tests/_schedule.py)."""
+    if config.getvalue("dist") == "loadfile":
+        return _schedule.scheduler(config, log)
+    return None
 
 
 def pytest_configure(config):

@@ -78,13 +78,15 @@ def runs():
     reached the rendezvous), the 8-device pmap run most often."""
     common = ("--small", "--steps", 2)
     specs = {
-        "sm1": ("--devices", 1, "--weighting", ",".join(REFERENCE_SPECS), *common),
         "sm8": ("--devices", 8, "--weighting", ",".join(SPECS), "--memory", *common),
         "pm8": ("--devices", 8, "--backend", "pmap", *common),
         "acc": ("--devices", 2, "--accum", 2, "--weighting", "ew,mgda,mgda-ub", *common),
     }
     with multidevice():
-        return {k: finish(start(*args)) for k, args in specs.items()}
+        out = {k: finish(start(*args)) for k, args in specs.items()}
+    # One device: no collective, so no lock (tests/_serial.py).
+    out["sm1"] = finish(start("--devices", 1, "--weighting", ",".join(REFERENCE_SPECS), *common))
+    return out
 
 
 def test_one_device_equals_eight(runs):
@@ -210,7 +212,7 @@ def test_sampling_is_deterministic_and_equal_on_1_and_8_devices():
         env = dict(_env(), XLA_FLAGS=f"--xla_force_host_platform_device_count={n} "
                    + COLLECTIVE_TIMEOUT,
                    JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
-        proc = _serial.run([sys.executable, "-c", SAMPLING_CHECK], env=env,
+        proc = _serial.run([sys.executable, "-c", SAMPLING_CHECK], env=env, devices=n,
                            cwd=os.path.dirname(HERE), capture_output=True, text=True,
                            timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]

@@ -67,7 +67,7 @@ def launch(workdir, data_dir, devices, backend="shard_map"):
          "--config.adam_eps=1e-3",  # Adam's update smooth in g (as tests/_multidevice.py)
          *UNET_FLAGS,
          f"--config.parallel.backend={backend}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        cwd=ROOT, env=env, devices=devices, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stderr
 

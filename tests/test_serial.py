@@ -26,6 +26,7 @@ def test_holds_are_logged_with_their_wait(tmp_path, monkeypatch):
     after the second has asked for it."""
     log = tmp_path / "lock.jsonl"
     monkeypatch.setenv("PYTEST_XDIST_TESTRUNUID", f"selftest{os.getpid()}")
+    monkeypatch.setattr(_serial.tempfile, "tempdir", str(tmp_path))  # the lock file
     monkeypatch.setenv(_serial.LOG_ENV, str(log))
     first_in, second_asks = threading.Event(), threading.Event()
 
@@ -49,3 +50,59 @@ def test_holds_are_logged_with_their_wait(tmp_path, monkeypatch):
     assert rows[1]["held"] >= 0.5
     assert rows[0]["held"] < rows[1]["held"] and rows[0]["waited"] >= 0.25
     assert all(r["test"].startswith("tests/test_serial.py::") for r in rows)
+
+
+def test_one_device_takes_no_lock(tmp_path, monkeypatch):
+    """A one-device process runs while another test holds the lock, and logs no hold."""
+    log = tmp_path / "lock.jsonl"
+    monkeypatch.setenv("PYTEST_XDIST_TESTRUNUID", f"selftest1d{os.getpid()}")
+    monkeypatch.setenv(_serial.LOG_ENV, str(log))
+    monkeypatch.setattr(_serial.tempfile, "tempdir", str(tmp_path))
+    inside, done = threading.Event(), threading.Event()
+
+    def holder():
+        with _serial.multidevice():
+            inside.set()
+            done.wait(timeout=60)
+
+    a = threading.Thread(target=holder)
+    a.start()
+    inside.wait(timeout=60)
+    try:
+        proc = _serial.run(["true"], devices=1, timeout=30)  # would block under the lock
+    finally:
+        done.set()
+        a.join()
+    assert proc.returncode == 0
+    assert len(log.read_text().splitlines()) == 1  # the holder's line only
+
+
+def test_the_serial_worker_takes_the_chain_in_order_and_the_other_the_rest():
+    from _schedule import SERIAL_MODULES, pick
+
+    queue = ["tests/test_api.py", "tests/test_capacity.py", "tests/test_resume_devices.py",
+             "tests/test_restore.py", "tests/test_data.py"]
+    assert pick(queue, serial_worker=True) == "tests/test_resume_devices.py"
+    assert pick(queue, serial_worker=False) == "tests/test_capacity.py"
+    # Nothing of its own kind left: the serial worker takes the next other module, the
+    # other worker the serial module from the end of the list.
+    assert pick(["tests/test_data.py", "tests/test_models.py"], True) == "tests/test_data.py"
+    assert pick(["tests/test_api.py", "tests/test_restore.py", "tests/test_parallel.py"],
+                False) == "tests/test_restore.py"
+    assert SERIAL_MODULES.index("test_restore.py") > SERIAL_MODULES.index("test_api.py")
+
+
+def test_every_module_that_takes_the_lock_is_on_the_serial_list():
+    """A module that launches multi-device processes, and is missing from the list, would
+    be handed to either worker again (tests/_schedule.py)."""
+    from _schedule import SERIAL_MODULES
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    takers = set()
+    for name in os.listdir(here):
+        if name.startswith("test_") and name.endswith(".py") and name != "test_serial.py":
+            with open(os.path.join(here, name)) as f:
+                source = f.read()
+            if "_serial.run(" in source or "multidevice()" in source:
+                takers.add(name)
+    assert takers == set(SERIAL_MODULES)
