@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from typing import Any
 
 import dm_pix as pix
 import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
-from sklearn.decomposition import PCA
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import SVC
 
 Array = jax.Array | np.ndarray
 
@@ -196,8 +193,8 @@ class DigitsJudge:
         pca: the fitted ``PCA`` on the 64-d pixels.
     """
 
-    classifier: Pipeline
-    pca: PCA
+    classifier: Any  # sklearn.pipeline.Pipeline (sklearn is imported when a judge is fitted)
+    pca: Any  # sklearn.decomposition.PCA
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """uint8 ``[N, H, W, 1]`` -> predicted labels ``[N]``."""
@@ -230,6 +227,12 @@ def fit_digits_judge(
     Returns:
         The fitted judge (fits in well under a second on sklearn's 1797 digits).
     """
+    # Lazy: scikit-learn takes over a second to import, and only the digits judge uses it.
+    from sklearn.decomposition import PCA
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
     pixels = to_digits_representation(train_images)  # [N, 64]
     classifier = make_pipeline(StandardScaler(), SVC(C=10.0, gamma="scale"))
     classifier.fit(pixels, np.asarray(train_labels))
