@@ -22,6 +22,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
                       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                       JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
+import _data  # noqa: E402
 import _schedule  # noqa: E402
 import _serial  # noqa: E402
 import jax  # noqa: E402
@@ -52,8 +53,11 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_configure(config):
-    """The controller (not an xdist worker) names the multi-device lock's log, which the
-    workers it starts inherit (tests/_serial.py)."""
+    """The controller (not an xdist worker) names the shared TFDS data dir and the
+    multi-device lock's log, which the workers it starts inherit (tests/_data.py,
+    tests/_serial.py)."""
+    if not hasattr(config, "workerinput"):
+        _data.name_for_run()  # one prepared TFDS dir for every worker (tests/_data.py)
     if not hasattr(config, "workerinput") and _serial.LOG_ENV not in os.environ:
         fd, log = tempfile.mkstemp(prefix="mtlgen_tests_lock_", suffix=".jsonl")
         os.close(fd)

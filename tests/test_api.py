@@ -3,6 +3,7 @@
 import os
 import sys
 
+import _data
 import _serial
 import chex
 import jax
@@ -33,7 +34,7 @@ def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("api")
     wd = str(root / "run")
     launch("--config", "configs/digits.py:tiny", "--workdir", wd,
-           f"--config.dataset.data_dir={root / 'tfds'}", "--config.num_train_steps=2",
+           f"--config.dataset.data_dir={_data.shared()}", "--config.num_train_steps=2",
            "--config.tasks.names=generate,inpaint,denoise", "--config.eval.sample_steps=1",
            "--config.eval.batch_size=8", "--config.batch_size=8", devices=8)
     return wd

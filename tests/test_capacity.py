@@ -5,6 +5,7 @@ space), transfer, both backends, old runs, and a tiny run through the Trainer.""
 
 import json
 
+import _data
 import chex
 import jax
 import jax.numpy as jnp
@@ -459,7 +460,7 @@ def test_tiny_run_with_adapters_then_restore(tmp_path):
     from mtlgen_jax import train, writers
 
     cfg = default.get_config("tiny")
-    cfg.dataset.data_dir = str(tmp_path / "tfds")
+    cfg.dataset.data_dir = _data.shared()
     cfg.num_train_steps = 2
     cfg.eval.num_batches = 0
     cfg.async_checkpoints = False

@@ -2,6 +2,7 @@
 
 import os
 
+import _data
 import nbformat
 from nbclient import NotebookClient
 
@@ -11,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("MTLGEN_NOTEBOOK_TINY", "1")
     monkeypatch.setenv("MTLGEN_NOTEBOOK_WORKDIR", str(tmp_path / "run"))
-    monkeypatch.setenv("MTLGEN_NOTEBOOK_DATA_DIR", str(tmp_path / "tfds"))
+    monkeypatch.setenv("MTLGEN_NOTEBOOK_DATA_DIR", _data.shared())
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # fast compiles
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")

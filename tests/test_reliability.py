@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import _data
 import _serial
 import chex
 import jax
@@ -90,8 +91,8 @@ def config(data_dir, **kw):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tfds")
+def data_dir():
+    return _data.shared()
 
 
 @pytest.fixture(scope="module")

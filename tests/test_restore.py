@@ -4,6 +4,7 @@ inference modes that hear (or refuse) command-line overrides."""
 import os
 import sys
 
+import _data
 import _serial
 import jax
 import jax.numpy as jnp
@@ -143,7 +144,7 @@ def trained(tmp_path_factory):
     """A tiny photo run (2 steps) on disk, for the command line."""
     root = tmp_path_factory.mktemp("restore")
     c = default.get_config("tiny")
-    c.dataset.data_dir = str(root / "tfds")
+    c.dataset.data_dir = _data.shared()
     c.tasks.names = TASKS
     c.num_train_steps = 2
     c.eval.num_batches = 0

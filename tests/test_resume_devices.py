@@ -27,6 +27,7 @@ import os
 import shutil
 import sys
 
+import _data
 import _serial
 import chex
 import jax
@@ -54,7 +55,7 @@ def launch(workdir, data_dir, devices, backend="shard_map"):
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
                          + COLLECTIVE_TIMEOUT,
-               JAX_COMPILATION_CACHE_DIR=str(data_dir.parent / "jax_cache"),
+               JAX_COMPILATION_CACHE_DIR=str(workdir.parent / "jax_cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     env.pop("JAX_DISABLE_MOST_OPTIMIZATIONS", None)  # the optimised path
@@ -98,7 +99,7 @@ def final(workdir, data_dir):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("devices")
-    data_dir = root / "tfds"
+    data_dir = _data.shared()
     out = {"data_dir": data_dir}
     out["ref8"], out["ref1"] = root / "ref8", root / "ref1"
     launch(out["ref8"], data_dir, 8)

@@ -4,6 +4,7 @@ primary metric) with no edit anywhere else."""
 
 import os
 
+import _data
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,7 +34,7 @@ class Unflip(tasks.Task):
 def workdir(tmp_path_factory):
     work = str(tmp_path_factory.mktemp("plugin") / "run")
     c = default.get_config("tiny")
-    c.dataset.data_dir = str(tmp_path_factory.mktemp("tfds"))
+    c.dataset.data_dir = _data.shared()
     c.tasks.names = "denoise,unflip_test"
     c.num_train_steps = 2
     c.eval.sample_steps = 1

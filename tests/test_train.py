@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import _data
 import chex
 import jax
 import numpy as np
@@ -21,8 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
+def data_dir():
+    return _data.shared()
 
 
 def tiny_config(data_dir, **overrides):

@@ -1,5 +1,6 @@
 """``--config.init_from``: a fresh run starts from another run's EMA parameters."""
 
+import _data
 import chex
 import jax
 import numpy as np
@@ -22,7 +23,7 @@ def config(data_dir, **kw):
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     root = tmp_path_factory.mktemp("transfer")
-    data_dir = root / "tfds"
+    data_dir = _data.shared()
     train.Trainer(config(data_dir), str(root / "src")).run()
     return str(root / "src"), data_dir
 

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 
+import _data
 import _serial
 import chex
 import jax
@@ -411,7 +412,7 @@ def test_tiny_run_through_launch_then_restore_sample_and_tile(tmp_path):
                          "--xla_cpu_collective_call_terminate_timeout_seconds=120")
     proc = _serial.run(
         [sys.executable, "launch.py", "--config", "configs/default.py:vit,tiny", "--workdir", wd,
-         f"--config.dataset.data_dir={tmp_path / 'tfds'}", "--config.num_train_steps=2",
+         f"--config.dataset.data_dir={_data.shared()}", "--config.num_train_steps=2",
          "--config.tasks.names=denoise,inpaint,generate",
          "--config.weighting.name=pcgrad", "--config.parallel.backend=pmap",
          "--config.grad_accum_steps=2", "--config.eval.num_batches=0",
