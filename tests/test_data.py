@@ -4,6 +4,7 @@ import logging
 import os
 import time
 
+import _data
 import chex
 import ml_collections
 import numpy as np
@@ -35,9 +36,10 @@ def make_config(name, data_dir=None, **overrides):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """One TFDS data dir for the module: each embedded dataset is prepared once."""
-    path = tmp_path_factory.mktemp("tfds")
+def data_dir():
+    """The run's TFDS data dir (tests/_data.py), each embedded dataset prepared there; the
+    determinism test prepares a second copy in a fresh directory."""
+    path = _data.shared()
     for name in data.EMBEDDED:
         data.get_info(make_config(name, path))
     return path
