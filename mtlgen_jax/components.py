@@ -47,6 +47,7 @@ class Components:
     grad_space: str  # gradient methods: 'params' | 'representation' (see grad_space())
     nonfinite: str  # 'halt' | 'skip' (see train.py)
     augment: str  # training images: 'none' | 'flip' | 'dihedral' (step.augment)
+    augment_contrast: float = 1.0  # lowest contrast factor of training images (step.contrast)
 
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -251,6 +252,10 @@ def build(config, info) -> Components:
     if augment not in AUGMENTS:
         raise ValueError(f"dataset.augment={augment!r} is unknown; use one of {AUGMENTS} "
                          "(random flips / flips and quarter turns of each training image).")
+    augment_contrast = config.dataset.get("augment_contrast", 1.0)
+    if not isinstance(augment_contrast, int | float) or not 0.0 < augment_contrast <= 1.0:
+        raise ValueError(f"dataset.augment_contrast={augment_contrast!r}: the lowest factor a "
+                         "training image's contrast is scaled by, in (0, 1] (1 = off).")
     task_list = tasks.create_all(config.tasks, channels=info.channels, image_size=info.image_size,
                                  num_classes=info.num_classes or 0)
     mixture_counts([t.weight for t in task_list], config.batch_size)  # every task gets examples
@@ -276,7 +281,7 @@ def build(config, info) -> Components:
         discrete_steps=config.diffusion.discrete_steps or None, global_batch=config.batch_size,
         ema_decay=config.ema_decay, grad_accum_steps=config.grad_accum_steps,
         grad_space=grad_space(config.weighting), nonfinite=config.nonfinite.policy,
-        augment=augment)
+        augment=augment, augment_contrast=float(augment_contrast))
 
 
 def init_params(model: MultiTaskModel, info, rng: jax.Array):

@@ -115,6 +115,24 @@ def augment(x0: jax.Array, keys: jax.Array, kind: str) -> jax.Array:
     return options[g, jnp.arange(x0.shape[0])]
 
 
+def contrast(x0: jax.Array, keys: jax.Array, lowest: float) -> jax.Array:
+    """Each clean training image [B, H, W, C] with its contrast scaled by a factor drawn
+    uniformly from [``lowest``, 1] with its own key (``keys`` [B]): ``mean + s (x - mean)``,
+    the mean per image and channel, so colours keep their cast and nothing leaves [-1, 1].
+    ``lowest`` = 1 is the identity.
+
+    More flat examples: on the held-out photographs, super-resolution's learned correction
+    fits best at 0.33 of its size in the flattest quarter of the crops and at 1.69 in the
+    busiest (about 1 everywhere on training crops): it adds detail to flat crops that they
+    do not have (README "Results").
+    """
+    if lowest >= 1.0:
+        return x0
+    s = jax.vmap(lambda k: jax.random.uniform(k, (), x0.dtype, lowest, 1.0))(keys)
+    mean = x0.mean(axis=(1, 2), keepdims=True)
+    return mean + s[:, None, None, None] * (x0 - mean)
+
+
 def make_inputs(comp: Components, x0, labels, task_id, keys, *, train: bool):
     """Condition, the task objective's inputs (``objectives.TrainInputs``), loss mask and
     model labels of each example."""
@@ -159,6 +177,9 @@ def _model_inputs(comp: Components, batch, *, train: bool):
     if train and comp.augment != "none":  # its own stream: the other draws are unchanged
         aug_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0xA06))(batch["keys"][:, 0])
         x0 = augment(x0, aug_keys, comp.augment)
+    if train and comp.augment_contrast < 1.0:  # a stream of its own too
+        con_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0xC0A))(batch["keys"][:, 0])
+        x0 = contrast(x0, con_keys, comp.augment_contrast)
     cond, inputs, mask, model_labels = make_inputs(comp, x0, batch["label"], task_id,
                                                    batch["keys"], train=train)
     return (inputs.x_t, cond, inputs.t, task_id, model_labels), inputs, mask

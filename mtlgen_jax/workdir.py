@@ -107,6 +107,7 @@ ADDED_KEYS = {
     "eval.self_ensemble": False,
     "tasks.inpaint.fill": "harmonic",
     "dataset.augment": "none",
+    "dataset.augment_contrast": 1.0,
     # Bridge and step-count keys the default's tasks gained (each task's own default).
     "tasks.super_resolve.bridge_noise": 0.2,
     "tasks.super_resolve.endpoint_fraction": 0.0,

@@ -79,3 +79,30 @@ def test_training_examples_are_built_from_the_augmented_image_and_evaluation_is_
 def test_an_unknown_augmentation_is_refused_naming_the_choices():
     with pytest.raises(ValueError, match=r"dataset.augment='rotate' is unknown.*'dihedral'"):
         build("rotate")
+
+
+def test_contrast_scales_each_image_about_its_mean_by_its_own_factor():
+    """step.contrast: mean kept per image and channel, deviations scaled by one factor in
+    [lowest, 1] per image, drawn from its own key; lowest = 1 is the identity."""
+    x = jax.random.uniform(jax.random.key(0), (64, 6, 6, 3), minval=-1.0, maxval=1.0)
+    keys = jax.random.split(jax.random.key(1), 64)
+    y = np.asarray(step.contrast(x, keys, 0.5))
+    x = np.asarray(x)
+    mean_x, mean_y = x.mean(axis=(1, 2), keepdims=True), y.mean(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(mean_y, mean_x, atol=1e-6)
+    dx, dy = (x - mean_x).reshape(64, -1), (y - mean_y).reshape(64, -1)
+    s = (dx * dy).sum(1) / (dx * dx).sum(1)  # each image's factor, by least squares
+    np.testing.assert_allclose(dy, s[:, None] * dx, atol=1e-5)  # and it explains all of y
+    assert s.min() >= 0.5 and s.max() <= 1.0 and s.max() - s.min() > 0.3  # drawn, not fixed
+    assert np.abs(y).max() <= 1.0
+    np.testing.assert_allclose(np.asarray(step.contrast(x[5:6], keys[5:6], 0.5))[0], y[5],
+                               atol=1e-6)  # keyed per example
+    np.testing.assert_array_equal(np.asarray(step.contrast(x, keys, 1.0)), x)
+
+
+@pytest.mark.parametrize("value", [0.0, 1.5])
+def test_a_contrast_factor_outside_0_1_is_refused(value):
+    cfg = default.get_config("tiny")
+    cfg.dataset.augment_contrast = value
+    with pytest.raises(ValueError, match=r"dataset.augment_contrast=.*in \(0, 1\]"):
+        components.build(cfg, INFO)
