@@ -40,6 +40,12 @@ import sys
 from absl import logging
 
 _COUNT_FLAG = "--xla_force_host_platform_device_count"
+# XLA:CPU aborts the process when a device thread reaches a collective 40 s after the
+# others. Several devices share a few cores, so another busy process on the host can
+# starve one that long: a default run aborted so at its final evaluation while a test
+# suite ran beside it (session 15). With the split, the wait is 10 minutes.
+_TIMEOUT_FLAG = "--xla_cpu_collective_call_terminate_timeout_seconds"
+COLLECTIVE_TIMEOUT_S = 600
 MAX_AUTO = 8  # the automatic count never exceeds this (measured on 2 cores only)
 DEVICES_PER_CORE = 2  # the automatic count's devices per core (module docstring)
 _TUNABLE = "glibc.malloc.hugetlb=1"
@@ -75,7 +81,9 @@ def _backend_started() -> bool:
 
 
 def configure(config, *, num_processes: int = 1) -> int | None:
-    """Sets ``XLA_FLAGS`` so the CPU backend has ``config.parallel.cpu_devices`` devices.
+    """Sets ``XLA_FLAGS`` so the CPU backend has ``config.parallel.cpu_devices`` devices
+    (and, with more than one, XLA's collective termination timeout at
+    :data:`COLLECTIVE_TIMEOUT_S` unless ``XLA_FLAGS`` sets one).
 
     ``parallel.cpu_devices``: 0 = automatic (:func:`choose` over this process's share
     of the batch), 1 = one device (XLA's default), N = N devices.
@@ -106,7 +114,10 @@ def configure(config, *, num_processes: int = 1) -> int | None:
             f"whole micro-batches (grad_accum_steps={accum}); use a divisor of "
             f"{batch // accum}, or 0 for automatic.")
     if n > 1:
-        os.environ["XLA_FLAGS"] = f"{flags} {_COUNT_FLAG}={n}".strip()
+        flags = f"{flags} {_COUNT_FLAG}={n}"
+        if not re.search(_TIMEOUT_FLAG + r"=", flags):  # the user's own value wins
+            flags += f" {_TIMEOUT_FLAG}={COLLECTIVE_TIMEOUT_S}"
+        os.environ["XLA_FLAGS"] = flags.strip()
     return n
 
 

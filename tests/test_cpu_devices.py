@@ -37,6 +37,12 @@ def test_configure_sets_the_count(fresh_backend):
     fresh_backend.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
     assert cpu_devices.configure(c) == 8
     assert os.environ["XLA_FLAGS"] == ("--xla_cpu_enable_fast_math=false "
+                                       "--xla_force_host_platform_device_count=8 "
+                                       "--xla_cpu_collective_call_terminate_timeout_seconds=600")
+    # A timeout the user set is kept.
+    fresh_backend.setenv("XLA_FLAGS", "--xla_cpu_collective_call_terminate_timeout_seconds=9")
+    assert cpu_devices.configure(c) == 8
+    assert os.environ["XLA_FLAGS"] == ("--xla_cpu_collective_call_terminate_timeout_seconds=9 "
                                        "--xla_force_host_platform_device_count=8")
 
 
