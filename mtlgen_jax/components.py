@@ -47,7 +47,7 @@ class Components:
     grad_space: str  # gradient methods: 'params' | 'representation' (see grad_space())
     nonfinite: str  # 'halt' | 'skip' (see train.py)
     augment: str  # training images: 'none' | 'flip' | 'dihedral' (step.augment)
-    augment_contrast: float = 1.0  # lowest contrast factor of training images (step.contrast)
+    augment_contrast: float  # lowest contrast factor of training images (1 = off; step.contrast)
 
     @property
     def task_names(self) -> tuple[str, ...]:

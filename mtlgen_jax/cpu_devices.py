@@ -42,8 +42,8 @@ from absl import logging
 _COUNT_FLAG = "--xla_force_host_platform_device_count"
 # XLA:CPU aborts the process when a device thread reaches a collective 40 s after the
 # others. Several devices share a few cores, so another busy process on the host can
-# starve one that long: a default run aborted so at its final evaluation while a test
-# suite ran beside it (session 15). With the split, the wait is 10 minutes.
+# starve one that long: a run of the default config aborted so in its final evaluation
+# while a test suite ran beside it (session 15). With the split, the wait is 10 minutes.
 _TIMEOUT_FLAG = "--xla_cpu_collective_call_terminate_timeout_seconds"
 COLLECTIVE_TIMEOUT_S = 600
 MAX_AUTO = 8  # the automatic count never exceeds this (measured on 2 cores only)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import dm_pix as pix
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -117,20 +118,17 @@ def augment(x0: jax.Array, keys: jax.Array, kind: str) -> jax.Array:
 
 def contrast(x0: jax.Array, keys: jax.Array, lowest: float) -> jax.Array:
     """Each clean training image [B, H, W, C] with its contrast scaled by a factor drawn
-    uniformly from [``lowest``, 1] with its own key (``keys`` [B]): ``mean + s (x - mean)``,
-    the mean per image and channel, so colours keep their cast and nothing leaves [-1, 1].
-    ``lowest`` = 1 is the identity.
+    uniformly from [``lowest``, 1] with its own key (``keys`` [B]): dm-pix's
+    ``adjust_contrast``, ``mean + s (x - mean)`` with the mean per image and channel, so
+    colours keep their cast and nothing leaves [-1, 1].
 
     More flat examples: on the held-out photographs, super-resolution's learned correction
     fits best at 0.33 of its size in the flattest quarter of the crops and at 1.69 in the
     busiest (about 1 everywhere on training crops): it adds detail to flat crops that they
     do not have (README "Results").
     """
-    if lowest >= 1.0:
-        return x0
     s = jax.vmap(lambda k: jax.random.uniform(k, (), x0.dtype, lowest, 1.0))(keys)
-    mean = x0.mean(axis=(1, 2), keepdims=True)
-    return mean + s[:, None, None, None] * (x0 - mean)
+    return pix.adjust_contrast(x0, s[:, None, None, None])
 
 
 def make_inputs(comp: Components, x0, labels, task_id, keys, *, train: bool):

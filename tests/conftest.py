@@ -56,9 +56,10 @@ def pytest_configure(config):
     """The controller (not an xdist worker) names the shared TFDS data dir and the
     multi-device lock's log, which the workers it starts inherit (tests/_data.py,
     tests/_serial.py)."""
-    if not hasattr(config, "workerinput"):
-        _data.name_for_run()  # one prepared TFDS dir for every worker (tests/_data.py)
-    if not hasattr(config, "workerinput") and _serial.LOG_ENV not in os.environ:
+    if hasattr(config, "workerinput"):
+        return
+    _data.name_for_run()  # one prepared TFDS dir for every worker (tests/_data.py)
+    if _serial.LOG_ENV not in os.environ:
         fd, log = tempfile.mkstemp(prefix="mtlgen_tests_lock_", suffix=".jsonl")
         os.close(fd)
         atexit.register(lambda: os.path.exists(log) and os.remove(log))

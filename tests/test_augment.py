@@ -83,7 +83,8 @@ def test_an_unknown_augmentation_is_refused_naming_the_choices():
 
 def test_contrast_scales_each_image_about_its_mean_by_its_own_factor():
     """step.contrast: mean kept per image and channel, deviations scaled by one factor in
-    [lowest, 1] per image, drawn from its own key; lowest = 1 is the identity."""
+    [lowest, 1] per image, drawn from its own key. (Off, the default, the step does not
+    call it: the test above trains on the image itself.)"""
     x = jax.random.uniform(jax.random.key(0), (64, 6, 6, 3), minval=-1.0, maxval=1.0)
     keys = jax.random.split(jax.random.key(1), 64)
     y = np.asarray(step.contrast(x, keys, 0.5))
@@ -97,7 +98,6 @@ def test_contrast_scales_each_image_about_its_mean_by_its_own_factor():
     assert np.abs(y).max() <= 1.0
     np.testing.assert_allclose(np.asarray(step.contrast(x[5:6], keys[5:6], 0.5))[0], y[5],
                                atol=1e-6)  # keyed per example
-    np.testing.assert_array_equal(np.asarray(step.contrast(x, keys, 1.0)), x)
 
 
 @pytest.mark.parametrize("value", [0.0, 1.5])
