@@ -58,8 +58,17 @@ from mtlgen_jax import diffusion
 OBJECTIVES = ("diffusion", "regression", "bridge")
 # v-weighting of residual diffusion: 1 / max(sigma, floor)^2 (weight <= 25 near t = 0).
 RESIDUAL_SIGMA_FLOOR = 0.2
-# loss='relative': added to the start's mean squared error (a 46 dB start) before dividing.
+# loss='relative': added to the start's mean squared error (a 46 dB start) before dividing,
+# unless the task sets relative_floor_db.
 RELATIVE_LOSS_EPS = 1e-4
+
+
+def relative_eps(task) -> float:
+    """What ``loss='relative'`` adds to the start's squared error before dividing: the
+    squared error of a start ``task.relative_floor_db`` dB from its target (images in
+    [-1, 1], peak-to-peak 2), else ``RELATIVE_LOSS_EPS``."""
+    floor_db = getattr(task, "relative_floor_db", None)
+    return RELATIVE_LOSS_EPS if floor_db is None else 4.0 * 10.0 ** (-floor_db / 10.0)
 
 
 @flax.struct.dataclass
@@ -98,7 +107,7 @@ def train_inputs(task, x0: jax.Array, cond, eps: jax.Array, t: jax.Array, *, sch
     weight = ones
     if task.loss == "relative":  # per-example weight 1 / (the start's squared error)
         start_error = diffusion.loss(base, x0, task.loss_mask(cond), kind="l2")
-        weight = 1.0 / (jax.lax.stop_gradient(start_error) + RELATIVE_LOSS_EPS)
+        weight = 1.0 / (jax.lax.stop_gradient(start_error) + relative_eps(task))
     if task.objective == "regression":
         return TrainInputs(x_t=zeros, t=ones, target=x0,
                            offset=zeros if base is None else base, weight=weight)

@@ -113,6 +113,11 @@ ADDED_KEYS = {
     "tasks.super_resolve.endpoint_fraction": 0.0,
     "tasks.super_resolve.sample_steps": None,
     "tasks.colorize.sample_steps": None,
+    # The relative loss's floor (None: RELATIVE_LOSS_EPS, what runs before it used).
+    "tasks.denoise.relative_floor_db": None,
+    "tasks.inpaint.relative_floor_db": None,
+    "tasks.super_resolve.relative_floor_db": None,
+    "tasks.colorize.relative_floor_db": None,
 }
 
 

@@ -162,3 +162,24 @@ def test_relative_loss_divides_each_example_by_its_starts_error():
     assert np.ptp(np.asarray(start_error)) > 0.01  # the examples' difficulties differ
     with pytest.raises(ValueError, match="relative"):
         make("denoise", objective="regression", residual=False, loss="relative")
+
+
+def test_relative_floor_caps_the_weight_of_near_perfect_starts():
+    """relative_floor_db=D adds the squared error of a D dB start (4 / 10^(D/10) for
+    images in [-1, 1]) instead of 1e-4: an example whose start is exact weighs 10^(D/10)/4,
+    one far worse than the floor about 1 / its error as before; out-of-range refused."""
+    task = make("colorize", objective="bridge", loss="relative", relative_floor_db=30.0)
+    x = images(b=6)
+    x = x.at[0].set(jnp.broadcast_to(jnp.mean(x[0], axis=-1, keepdims=True), x[0].shape))
+    cond = task.degrade(x, jax.random.key(3))
+    ti = objectives.train_inputs(task, x, cond, jnp.zeros_like(x), jnp.ones(6),
+                                 schedule=SCHEDULE, prediction="v")
+    start_error = np.asarray(diffusion.loss(task.start(cond), x, task.loss_mask(cond)))
+    assert start_error[0] < 1e-10  # a gray image: its luminance is exact
+    np.testing.assert_allclose(ti.weight, 1 / (start_error + 4e-3), rtol=1e-5)
+    np.testing.assert_allclose(ti.weight[0], 250.0, rtol=1e-5)
+    default = make("colorize", objective="bridge", loss="relative")
+    assert objectives.relative_eps(default) == objectives.RELATIVE_LOSS_EPS
+    for bad in (0.0, -3.0, 120.0):
+        with pytest.raises(ValueError, match="relative_floor_db"):
+            make("colorize", objective="bridge", loss="relative", relative_floor_db=bad)

@@ -47,6 +47,13 @@ class Task:
         example by 1 / its error) instead of the mean squared error, which hard examples
         (large holes, textured crops, high noise) dominate. Needs a start (``residual``
         or the bridge); at a zero head it is exactly 1 for a one-pass residual.
+      relative_floor_db: ``loss='relative'`` only: the start's squared error is floored
+        softly at that of a start this many dB from its target (``eps = 4 /
+        10^(dB / 10)`` added before dividing), so no example weighs more than about
+        ``1 / eps``. None: ``RELATIVE_LOSS_EPS`` (1e-4, a 46 dB start). Near-perfect
+        starts (a flat crop's upsampling, a nearly gray photo's luminance) otherwise take
+        most of the loss; ``bench/relative_floor.py`` prints each task's start errors on
+        the training data and the floor at any quantile of them.
       residual: predict relative to the task's baseline (the clean-image estimate is
         ``baseline + head``; the head starts at zero, so an untrained model returns
         the baseline). Restoration tasks only.
@@ -108,6 +115,7 @@ class Task:
         consistent: bool | None = None,
         endpoint_fraction: float = 0.0,
         sample_steps: int | None = None,
+        relative_floor_db: float | None = None,
         **params: Any,
     ):
         if weight <= 0:
@@ -149,6 +157,10 @@ class Task:
         if sample_steps is not None and objective == "regression":
             raise ValueError(f"tasks.{self.name}.sample_steps={sample_steps}: a regression "
                              "samples in one pass, whatever the step count; drop it.")
+        if relative_floor_db is not None and not 0.0 < float(relative_floor_db) < 100.0:
+            raise ValueError(f"tasks.{self.name}.relative_floor_db={relative_floor_db} must be "
+                             "a PSNR in dB in (0, 100), e.g. 30 (or None: 46 dB).")
+        self.relative_floor_db = None if relative_floor_db is None else float(relative_floor_db)
         self.sample_steps = sample_steps
         self.endpoint_fraction = float(endpoint_fraction)
         self.residual = bool(residual)
@@ -168,7 +180,8 @@ class Task:
             raise ValueError(
                 f"tasks.{self.name} got unknown parameter(s) {unknown}; "
                 f"{self.name} takes {sorted(accepted) or 'none'} besides weight, objective, loss, "
-                "residual, bridge_noise, consistent, endpoint_fraction, sample_steps."
+                "residual, bridge_noise, consistent, endpoint_fraction, sample_steps, "
+                "relative_floor_db."
             )
         self.configure(**params)
 
