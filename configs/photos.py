@@ -20,6 +20,7 @@ from configs import default
 def get_config(variant: str = ""):
     c = default.get_config()
     default.one_pass_super_resolve(c)  # the objectives it was measured with
+    default.without_relative_floors(c)  # measured before the floors
     c.num_train_steps = 6000
     c.dataset.augment = "none"  # as it was measured (the default flips since)
     c.warmup_steps = 200

@@ -452,17 +452,19 @@ def test_objectives_experiment_configs_and_table():
 
 def test_with_objective_drops_what_only_the_old_objective_takes():
     bridge = dict(weight=4.0, objective="bridge", bridge_noise=0.1, endpoint_fraction=0.5,
-                  sample_steps=1, loss="relative")
+                  sample_steps=1, loss="relative", relative_floor_db=30.0)
     # The bridge's 1-step fidelity point is not a DDIM step count: dropped (configs/digits.py
-    # ran super-resolution's DDIM at 1 step before this), unless given.
+    # ran super-resolution's DDIM at 1 step before this), unless given; the relative loss's
+    # floor goes with the relative loss.
     assert default.with_objective(bridge, "diffusion", loss="l2") == dict(
         weight=4.0, objective="diffusion", loss="l2")
+    assert default.with_objective(bridge, "diffusion")["relative_floor_db"] == 30.0
     assert default.with_objective(bridge, "diffusion", sample_steps=25)["sample_steps"] == 25
     for name in ("configs.digits", "configs.cifar10"):
         cfg = importlib.import_module(name).get_config()
         assert not any(dict(cfg.tasks[t]).get("sample_steps") for t in cfg.tasks.names.split(",")
                        if cfg.tasks[t].objective == "diffusion"), name
     assert default.with_objective(bridge, "regression") == dict(
-        weight=4.0, objective="regression", loss="relative")
+        weight=4.0, objective="regression", loss="relative", relative_floor_db=30.0)
     assert default.with_objective(bridge, "bridge", bridge_noise=0.2) == dict(
         bridge, bridge_noise=0.2)

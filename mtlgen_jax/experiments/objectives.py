@@ -61,6 +61,7 @@ def objective_config(config: ml_collections.ConfigDict, name: str) -> ml_collect
                                 residual=residual)
         if params.get("loss") == "relative" and not (residual or objective == "bridge"):
             params["loss"] = "l2"  # plain diffusion has no start to be relative to
+            params.pop("relative_floor_db", None)
         cfg.tasks[task] = params
     return cfg
 
