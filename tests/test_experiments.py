@@ -468,3 +468,21 @@ def test_with_objective_drops_what_only_the_old_objective_takes():
         weight=4.0, objective="regression", loss="relative", relative_floor_db=30.0)
     assert default.with_objective(bridge, "bridge", bridge_noise=0.2) == dict(
         bridge, bridge_noise=0.2)
+
+
+def test_configs_measured_before_the_floors_keep_the_unfloored_relative_loss():
+    """The default floors each relative-loss task's start error; configs/photos.py and
+    configs/delta_m.py keep the loss their published tables were measured with (unless
+    `delta_m.py:floors`), and a floor can still be set on them (the field keeps its type)."""
+    photos = importlib.import_module("configs.photos")
+    delta = importlib.import_module("configs.delta_m")
+    floors = default.RELATIVE_FLOORS_DB
+
+    def of(cfg):
+        return {t: cfg.tasks[t].relative_floor_db for t in floors}
+
+    assert of(default.get_config()) == floors and of(delta.get_config("floors")) == floors
+    for cfg in (photos.get_config(), delta.get_config(), delta.get_config("tiny")):
+        assert set(of(cfg).values()) == {None}
+        cfg.tasks.colorize.relative_floor_db = 25
+        assert cfg.tasks.colorize.relative_floor_db == 25.0
