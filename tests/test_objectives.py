@@ -167,8 +167,8 @@ def test_relative_loss_divides_each_example_by_its_starts_error():
 def test_relative_floor_caps_the_weight_of_near_perfect_starts():
     """relative_floor_db=D adds the squared error of a D dB start (4 / 10^(D/10) for
     images in [-1, 1]) instead of 1e-4: an example whose start is exact weighs 10^(D/10)/4,
-    one far worse than the floor about 1 / its error as before; out-of-range refused, and
-    so is a floor without the relative loss."""
+    one far worse than the floor about 1 / its error as before; out-of-range refused; the
+    other losses ignore it."""
     task = make("colorize", objective="bridge", loss="relative", relative_floor_db=30.0)
     x = images(b=6)
     x = x.at[0].set(jnp.broadcast_to(jnp.mean(x[0], axis=-1, keepdims=True), x[0].shape))
@@ -184,5 +184,10 @@ def test_relative_floor_caps_the_weight_of_near_perfect_starts():
     for bad in (0.0, -3.0, 120.0):
         with pytest.raises(ValueError, match="relative_floor_db"):
             make("colorize", objective="bridge", loss="relative", relative_floor_db=bad)
-    with pytest.raises(ValueError, match="relative_floor_db=30.0 floors .* loss='l2'"):
-        make("colorize", objective="bridge", loss="l2", relative_floor_db=30.0)
+    # Other losses ignore it (the default config floors every relative task, and switching
+    # a task's loss on the command line must not need a second flag).
+    l2 = [objectives.train_inputs(make("colorize", objective="bridge", loss="l2", **kw), x,
+                                  cond, jnp.zeros_like(x), jnp.ones(6), schedule=SCHEDULE,
+                                  prediction="v").weight
+          for kw in ({}, {"relative_floor_db": 30.0})]
+    np.testing.assert_array_equal(l2[0], l2[1])

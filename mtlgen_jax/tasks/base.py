@@ -160,10 +160,6 @@ class Task:
         if relative_floor_db is not None and not 0.0 < float(relative_floor_db) < 100.0:
             raise ValueError(f"tasks.{self.name}.relative_floor_db={relative_floor_db} must be "
                              "a PSNR in dB in (0, 100), e.g. 30 (or None: 46 dB).")
-        if relative_floor_db is not None and loss != "relative":
-            raise ValueError(f"tasks.{self.name}.relative_floor_db={relative_floor_db} floors "
-                             f"the relative loss's start error; with loss={loss!r} drop it "
-                             "(or use loss='relative').")
         self.relative_floor_db = None if relative_floor_db is None else float(relative_floor_db)
         self.sample_steps = sample_steps
         self.endpoint_fraction = float(endpoint_fraction)
