@@ -60,8 +60,8 @@ def objective_config(config: ml_collections.ConfigDict, name: str) -> ml_collect
         params = with_objective(dict(cfg.tasks.get(task, {}) or {}), objective,
                                 residual=residual)
         if params.get("loss") == "relative" and not (residual or objective == "bridge"):
-            params["loss"] = "l2"  # plain diffusion has no start to be relative to
-            params.pop("relative_floor_db", None)
+            # plain diffusion has no start to be relative to
+            params = with_objective(params, objective, loss="l2")
         cfg.tasks[task] = params
     return cfg
 

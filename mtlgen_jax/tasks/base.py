@@ -47,7 +47,8 @@ class Task:
         example by 1 / its error) instead of the mean squared error, which hard examples
         (large holes, textured crops, high noise) dominate. Needs a start (``residual``
         or the bridge); at a zero head it is exactly 1 for a one-pass residual.
-      relative_floor_db: ``loss='relative'`` only: the start's squared error is floored
+      relative_floor_db: ``loss='relative'`` only (other losses ignore it, so a config's
+        floor survives a switch of loss): the start's squared error is floored
         softly at that of a start this many dB from its target (``eps = 4 /
         10^(dB / 10)`` added before dividing), so no example weighs more than about
         ``1 / eps``. None: ``RELATIVE_LOSS_EPS`` (1e-4, a 46 dB start). Near-perfect
