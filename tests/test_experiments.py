@@ -241,8 +241,13 @@ def test_finished_only_tables_leave_unfinished_runs_out_and_train_nothing(tmp_pa
     out = dm.run_experiment(_config(), workdir, "ew,famo", **kw, train_fn=pytest.fail,
                             finished_only=True)  # famo: never trained
     assert [(r.method, r.seeds) for r in out["A"]] == [("single-task", 2), ("ew", 1)]
-    shutil.rmtree(os.path.join(workdir, "single_inpaint", "checkpoints"))
     shutil.rmtree(os.path.join(workdir, "single_inpaint_seed1", "checkpoints"))
+    out = dm.run_experiment(_config(), workdir, "ew", **kw, train_fn=pytest.fail,
+                            finished_only=True)  # inpaint's specialist: seed 0 only
+    ref = out["A"][0]
+    assert ref.seeds == 1 and math.isfinite(ref.metrics_std["denoise/psnr"])
+    assert math.isnan(ref.metrics_std["inpaint/psnr"])  # one seed: a bare mean
+    shutil.rmtree(os.path.join(workdir, "single_inpaint", "checkpoints"))
     with pytest.raises(RuntimeError, match="no finished single-task run of inpaint"):
         dm.run_experiment(_config(), workdir, "ew", **kw, train_fn=pytest.fail,
                           finished_only=True)
