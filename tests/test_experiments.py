@@ -440,6 +440,13 @@ def test_objectives_experiment_configs_and_table():
         assert cfg.tasks[task].objective == "diffusion" and cfg.tasks[task].residual is True
     assert cfg.tasks.denoise.sigma_max == base.tasks.denoise.sigma_max  # the rest is kept
     assert objx.objective_config(base, "bridge").tasks.inpaint.objective == "bridge"
+    # Plain diffusion has no start: its tasks move to l2 and lose the relative floor; the
+    # objectives with a start keep both.
+    plain = objx.objective_config(base, "diffusion")
+    for task, floor_db in default.RELATIVE_FLOORS_DB.items():
+        assert base.tasks[task].relative_floor_db == floor_db
+        assert plain.tasks[task].loss == "l2" and "relative_floor_db" not in plain.tasks[task]
+        assert cfg.tasks[task].relative_floor_db == floor_db
     with pytest.raises(ValueError, match="objective 'ddpm' is unknown"):
         objx.objective_config(base, "ddpm")
     assert objx.steps_for("regression-residual", [1, 4, 25]) == [1]

@@ -379,11 +379,10 @@ def build_rows(tasks: Sequence[str], single: Mapping, multi: Mapping
     # A partial table (--finished_only mid-experiment) may have more seeds of one task's
     # specialist than of another's: the row claims the fewest, and shows a std where a
     # task has one.
-    ref_seeds = min(len(v) for v in per_task.values())
+    ref_seeds = [len(v) for v in per_task.values()]
     rows = [Row(REFERENCE, reference, 0.0 if used else math.nan,
                 1e3 * sum(statistics.fmean(s for _, s in per_task[t]) for t in tasks),
-                metrics_std=ref_std if max(len(v) for v in per_task.values()) > 1 else {},
-                seeds=ref_seeds)]
+                metrics_std=ref_std if max(ref_seeds) > 1 else {}, seeds=min(ref_seeds))]
     for name, runs in multi.items():
         runs = _seeds(runs)
         evals = [e for e, _ in runs]

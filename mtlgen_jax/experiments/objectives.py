@@ -57,12 +57,10 @@ def objective_config(config: ml_collections.ConfigDict, name: str) -> ml_collect
     cfg = config.copy_and_resolve_references()
     cfg.unlock()
     for task in delta_m.task_names(cfg):
-        params = with_objective(dict(cfg.tasks.get(task, {}) or {}), objective,
-                                residual=residual)
+        params = dict(cfg.tasks.get(task, {}) or {})
         if params.get("loss") == "relative" and not (residual or objective == "bridge"):
-            # plain diffusion has no start to be relative to
-            params = with_objective(params, objective, loss="l2")
-        cfg.tasks[task] = params
+            params["loss"] = "l2"  # plain diffusion has no start to be relative to
+        cfg.tasks[task] = with_objective(params, objective, residual=residual)
     return cfg
 
 
