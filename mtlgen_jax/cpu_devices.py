@@ -46,6 +46,7 @@ _COUNT_FLAG = "--xla_force_host_platform_device_count"
 # while a test suite ran beside it (session 15). With the split, the wait is 10 minutes.
 _TIMEOUT_FLAG = "--xla_cpu_collective_call_terminate_timeout_seconds"
 COLLECTIVE_TIMEOUT_S = 600
+COLLECTIVE_TIMEOUT_FLAG = f"{_TIMEOUT_FLAG}={COLLECTIVE_TIMEOUT_S}"  # for XLA_FLAGS
 MAX_AUTO = 8  # the automatic count never exceeds this (measured on 2 cores only)
 DEVICES_PER_CORE = 2  # the automatic count's devices per core (module docstring)
 _TUNABLE = "glibc.malloc.hugetlb=1"
@@ -116,7 +117,7 @@ def configure(config, *, num_processes: int = 1) -> int | None:
     if n > 1:
         flags = f"{flags} {_COUNT_FLAG}={n}"
         if not re.search(_TIMEOUT_FLAG + r"=", flags):  # the user's own value wins
-            flags += f" {_TIMEOUT_FLAG}={COLLECTIVE_TIMEOUT_S}"
+            flags += " " + COLLECTIVE_TIMEOUT_FLAG
         os.environ["XLA_FLAGS"] = flags.strip()
     return n
 

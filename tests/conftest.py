@@ -9,7 +9,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Subprocess runs split the 2 test cores into devices and several run at once: a starved
 # device thread must not trip XLA's 40 s collective rendezvous timeout.
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_collective_call_terminate_timeout_seconds=120")
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_collective_call_terminate_timeout_seconds=600")
 
 # One persistent compilation cache for the whole session, this process and every
 # subprocess a test launches (they inherit os.environ): the tiny models of the suite

@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def launch(*args, devices=1, timeout=600):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-               "--xla_cpu_collective_call_terminate_timeout_seconds=120",
+               "--xla_cpu_collective_call_terminate_timeout_seconds=600",
                JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
     proc = _serial.run([sys.executable, "launch.py", *args], cwd=ROOT, env=env, devices=devices,
                        capture_output=True, text=True, timeout=timeout)

@@ -35,13 +35,13 @@ import numpy as np
 import pytest
 
 from configs import default
-from mtlgen_jax import train, writers
+from mtlgen_jax import cpu_devices, train, writers
 
 pytestmark = pytest.mark.heavy  # minutes of compiles: scheduled first (conftest.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, SAVED = 8, 3
-COLLECTIVE_TIMEOUT = "--xla_cpu_collective_call_terminate_timeout_seconds=120"
+COLLECTIVE_TIMEOUT = cpu_devices.COLLECTIVE_TIMEOUT_FLAG
 # Two levels (strided down- and upsampling) and attention, on the optimised path: the
 # tiny config has one level and no attention since the rest of the suite compiles it.
 UNET = {"model.channel_mult": (1, 2), "model.attn_resolutions": (8,)}

@@ -330,7 +330,7 @@ def test_old_unet_workdir_loads_and_resumes_as_unet(tmp_path):
 MULTIDEVICE = r"""
 import json, os, sys
 os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=8 "
-                           "--xla_cpu_collective_call_terminate_timeout_seconds=120")
+                           "--xla_cpu_collective_call_terminate_timeout_seconds=600")
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, sys.argv[1])
 import jax
@@ -409,7 +409,7 @@ def test_tiny_run_through_launch_then_restore_sample_and_tile(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
                JAX_DISABLE_MOST_OPTIMIZATIONS="1",
                XLA_FLAGS="--xla_force_host_platform_device_count=2 "
-                         "--xla_cpu_collective_call_terminate_timeout_seconds=120")
+                         "--xla_cpu_collective_call_terminate_timeout_seconds=600")
     proc = _serial.run(
         [sys.executable, "launch.py", "--config", "configs/default.py:vit,tiny", "--workdir", wd,
          f"--config.dataset.data_dir={_data.shared()}", "--config.num_train_steps=2",
