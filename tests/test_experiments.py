@@ -318,6 +318,21 @@ def test_learning_curves_count_each_tasks_images_and_average_seeds(tmp_path):
     assert dm_plots.mean_curve(runs, "denoise", 1.0, before=200) == [(100.0, 10.5)]
 
 
+def test_tradeoff_axis_is_relative_to_ew_where_the_table_has_it_else_milliseconds():
+    ref = dm.Row("single-task", {}, 0.0, 800.0)
+    famo = dm.Row("famo", {}, -5.0, 226.0)
+    lora = dm.Row("famo-lora16", {}, -3.5, 532.0)
+    # No `ew` row (--strategies famo): no relative times, so the step time in ms (the
+    # picture was empty before).
+    label, x = dm_plots.step_axis({"A": [ref, famo, lora]}, reference="single-task", base="ew")
+    assert label == "train-step time (ms)" and [x(famo), x(lora)] == [226.0, 532.0]
+    ew = dm.Row("ew", {}, -6.0, 200.0, time_vs_base=1.0)
+    famo_rel = dm.Row("famo", {}, -5.0, 226.0, time_vs_base=1.13)
+    label, x = dm_plots.step_axis({"A": [ref, ew, famo_rel], "B": [ref, ew, famo_rel]},
+                                  reference="single-task", base="ew")
+    assert label == "train-step time / ew" and x(famo_rel) == 1.13
+
+
 def test_orchestration_evaluates_a_run_that_lacks_its_final_eval(tmp_path):
     workdir = str(tmp_path / "dm")
     cfg = dm.multi_task_config(_config(), "ew", 3)

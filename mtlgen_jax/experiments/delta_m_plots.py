@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from absl import logging
 
@@ -37,29 +38,45 @@ def _pyplot(path: str):
     return plt
 
 
+def step_axis(rows_by_budget: Mapping[str, Sequence], *, reference: str, base: str
+              ) -> tuple[str, Callable[[Any], float]]:
+    """The trade-off picture's x axis: (label, row -> x). Step time relative to ``base``
+    where some multi-task row has one; else (no ``base`` row in the table) the step time
+    in ms, so that a table of other strategies still gets its points."""
+    multi = [r for rows in rows_by_budget.values() for r in rows if r.method != reference]
+    if any(math.isfinite(r.time_vs_base) for r in multi):
+        return f"train-step time / {base}", lambda r: r.time_vs_base
+    return "train-step time (ms)", lambda r: r.step_ms
+
+
 def tradeoff(rows_by_budget: Mapping[str, Sequence], path: str, *, reference: str,
              base: str) -> bool:
     """Draws Δm (%) against step time / ``base`` for every multi-task row of each budget
-    (``Row``s of ``delta_m.build_rows``); returns whether a picture was written."""
+    (``Row``s of ``delta_m.build_rows``); returns whether a picture was written.
+
+    A table without a ``base`` row (e.g. ``--strategies famo`` alone) has no relative
+    step times: then the x axis is the step time itself, in ms."""
     plt = _pyplot(path)
     if plt is None:
         return False
+    xlabel, x_of = step_axis(rows_by_budget, reference=reference, base=base)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     colors = {}
+    first = next(iter(rows_by_budget), None)
     for budget, rows in rows_by_budget.items():
         for r in rows:
-            if r.method == reference or not math.isfinite(r.time_vs_base):
+            if r.method == reference or not math.isfinite(x_of(r)):
                 continue
             color = colors.setdefault(r.method, f"C{len(colors) % 10}")
             err = r.delta_m_std if math.isfinite(r.delta_m_std) else None
-            ax.errorbar(r.time_vs_base, r.delta_m, yerr=err, fmt="o", color=color,
+            ax.errorbar(x_of(r), r.delta_m, yerr=err, fmt="o", color=color,
                         mfc=color if budget == "A" else "white", capsize=3, ms=7,
-                        label=r.method if budget == next(iter(rows_by_budget)) else None)
-            if budget == next(iter(rows_by_budget)):
-                ax.annotate(r.method, (r.time_vs_base, r.delta_m), fontsize=7,
+                        label=r.method if budget == first else None)
+            if budget == first:
+                ax.annotate(r.method, (x_of(r), r.delta_m), fontsize=7,
                             xytext=(4, 4), textcoords="offset points")
     ax.axhline(0.0, color="gray", ls="--", lw=1)
-    ax.set_xlabel(f"train-step time / {base}")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("Δm % vs the single-task models (> 0: better)")
     budgets = " and ".join(f"{b} ({'filled' if i == 0 else 'hollow'})"
                            for i, b in enumerate(rows_by_budget))
