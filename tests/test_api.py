@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import mtlgen_jax as mg
-from mtlgen_jax import data
+from mtlgen_jax import cpu_devices, data
 
 pytestmark = pytest.mark.heavy  # minutes of compiles: scheduled first (conftest.py)
 
@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def launch(*args, devices=1, timeout=600):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-               "--xla_cpu_collective_call_terminate_timeout_seconds=600",
+               + cpu_devices.COLLECTIVE_TIMEOUT_FLAG,
                JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
     proc = _serial.run([sys.executable, "launch.py", *args], cwd=ROOT, env=env, devices=devices,
                        capture_output=True, text=True, timeout=timeout)

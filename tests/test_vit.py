@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from mtlgen_jax import components, workdir
+from mtlgen_jax import components, cpu_devices, workdir
 from mtlgen_jax.models import MultiTaskModel, vit
 from mtlgen_jax.models.vit import sincos_2d
 from mtlgen_jax.tasks import Condition
@@ -409,7 +409,7 @@ def test_tiny_run_through_launch_then_restore_sample_and_tile(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
                JAX_DISABLE_MOST_OPTIMIZATIONS="1",
                XLA_FLAGS="--xla_force_host_platform_device_count=2 "
-                         "--xla_cpu_collective_call_terminate_timeout_seconds=600")
+                         + cpu_devices.COLLECTIVE_TIMEOUT_FLAG)
     proc = _serial.run(
         [sys.executable, "launch.py", "--config", "configs/default.py:vit,tiny", "--workdir", wd,
          f"--config.dataset.data_dir={_data.shared()}", "--config.num_train_steps=2",

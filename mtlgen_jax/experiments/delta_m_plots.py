@@ -65,15 +65,16 @@ def tradeoff(rows_by_budget: Mapping[str, Sequence], path: str, *, reference: st
     first = next(iter(rows_by_budget), None)
     for budget, rows in rows_by_budget.items():
         for r in rows:
-            if r.method == reference or not math.isfinite(x_of(r)):
+            x = x_of(r)
+            if r.method == reference or not math.isfinite(x):
                 continue
             color = colors.setdefault(r.method, f"C{len(colors) % 10}")
             err = r.delta_m_std if math.isfinite(r.delta_m_std) else None
-            ax.errorbar(x_of(r), r.delta_m, yerr=err, fmt="o", color=color,
+            ax.errorbar(x, r.delta_m, yerr=err, fmt="o", color=color,
                         mfc=color if budget == "A" else "white", capsize=3, ms=7,
                         label=r.method if budget == first else None)
             if budget == first:
-                ax.annotate(r.method, (x_of(r), r.delta_m), fontsize=7,
+                ax.annotate(r.method, (x, r.delta_m), fontsize=7,
                             xytext=(4, 4), textcoords="offset points")
     ax.axhline(0.0, color="gray", ls="--", lw=1)
     ax.set_xlabel(xlabel)
